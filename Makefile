@@ -1,0 +1,50 @@
+# Two entry points do all set-up on a fresh machine:
+#   make run    install, obtain the default model, start slmd
+#   make test   install, obtain the models, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The multimodal helper library is not needed and doubles the llama.cpp build.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+TINY   := build/models/tiny-q4_0.gguf
+
+.PHONY: install run test model tiny-model proto proto-check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# llama-cpp-python compiles llama.cpp from source (about 4-7 minutes on 2 cores);
+# pip keeps the built wheel in its cache, but nothing here depends on that cache.
+$(VENV)/.installed: $(BIN)/python pyproject.toml clients/python/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev,test,bench,train]'
+	touch $@
+
+install: $(VENV)/.installed
+
+model: install
+	$(BIN)/slmd pull
+
+$(TINY): $(VENV)/.installed training/make_tiny.py training/model.py training/export.py
+	$(BIN)/slmd pull
+	$(BIN)/python -m training.make_tiny --out $(TINY)
+
+tiny-model: $(TINY)
+
+run: model
+	$(BIN)/slmd serve $(ARGS)
+
+test: model tiny-model
+	SLMD_REQUIRE_MODELS=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+proto: install
+	protos/generate.sh
+
+proto-check: install
+	protos/generate.sh --check
+
+bench: model
+	$(BIN)/python benchmarks/engine.py
+
+clean:
+	rm -rf build .pytest_cache

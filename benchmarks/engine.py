@@ -1,0 +1,189 @@
+"""slmd over gRPC versus a direct llama.cpp loop, same model, same prompts.
+
+    .venv/bin/python benchmarks/engine.py [--model PATH] [--ns 1,4,8,16]
+
+Direct loop: one llama_context (same parameters as the daemon), N sequences;
+prefill in chunks of up to --step-tokens tokens, then every decode step is one
+llama_decode holding the next token of all N sequences, greedy argmax.
+
+slmd: a real `slmd serve` subprocess, N concurrent clients on its Unix socket.
+- prefill tokens/s: N requests with max_tokens=1 at once, total prompt tokens / wall time;
+- decode tokens/s: N requests of --decode-tokens tokens (ignore_eos), tokens
+  streamed while all N were decoding / that window (steady state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import tempfile
+import time
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+
+from benchmarks.harness import print_table, prompts_of, write_results, RESULTS
+from slmd.models import DEFAULT_MODEL
+from slmd.paths import default_data_dir
+from slmd.testing import start_daemon
+from slmd.tokenizer import Tokenizer
+from slmd_client import AsyncClient
+
+
+class DirectLoop:
+    def __init__(self, model: Path, n_seq: int, ctx_per_seq: int, n_batch: int, threads: int) -> None:
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        self.model = L.llama_model_load_from_file(str(model).encode(), mp)
+        cp = L.llama_context_default_params()
+        cp.n_seq_max, cp.n_ctx, cp.n_batch, cp.n_ubatch = n_seq, n_seq * ctx_per_seq, n_batch, min(512, n_batch)
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.kv_unified = False
+        cp.no_perf = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.mem = L.llama_get_memory(self.ctx)
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        self.n_batch = n_batch
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        b = self.batch
+        for i, (tok, pos, seq, logits) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(items)
+        assert L.llama_decode(self.ctx, b) == 0
+
+    def _argmax(self, idx: int) -> int:
+        return int(np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,)).argmax())
+
+    def run(self, prompts: list[list[int]], decode_tokens: int) -> tuple[float, float]:
+        L.llama_memory_clear(self.mem, True)
+        # prefill: pack the prompts' tokens into batches of n_batch
+        pending = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(prompts) for pos, tok in enumerate(p)]
+        t0 = time.perf_counter()
+        last = {}
+        for i in range(0, len(pending), self.n_batch):
+            chunk = pending[i : i + self.n_batch]
+            self._decode(chunk)
+            for j, (_, _, s, lg) in enumerate(chunk):
+                if lg:
+                    last[s] = self._argmax(j)
+        prefill = sum(map(len, prompts)) / (time.perf_counter() - t0)
+        pos = [len(p) for p in prompts]
+        toks = [last[s] for s in range(len(prompts))]
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            self._decode([(toks[s], pos[s], s, True) for s in range(len(prompts))])
+            toks = [self._argmax(s) for s in range(len(prompts))]
+            pos = [p + 1 for p in pos]
+        decode = len(prompts) * decode_tokens / (time.perf_counter() - t0)
+        return prefill, decode
+
+    def close(self) -> None:
+        L.llama_batch_free(self.batch)
+        L.llama_free(self.ctx)
+        L.llama_model_free(self.model)
+
+
+async def slmd_run(target: str, prompts: list[str], decode_tokens: int) -> tuple[float, float, int]:
+    async with AsyncClient(target) as c:
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(c.complete(p, max_tokens=1, temperature=0.0) for p in prompts))
+        prefill_wall = time.perf_counter() - t0
+        n_prompt = sum(r.usage.prompt_tokens for r in res)
+
+        stamps: list[list[float]] = [[] for _ in prompts]
+
+        async def one(i: int, p: str) -> None:
+            async for ch in c.generate(p, max_tokens=decode_tokens, temperature=0.0, ignore_eos=True):
+                now = time.perf_counter()
+                stamps[i].extend([now] * len(ch.token_ids))
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    start = max(s[0] for s in stamps)  # every sequence is decoding from here ...
+    end = min(s[-1] for s in stamps)  # ... until the first one finishes
+    n = sum(sum(1 for t in s if start < t <= end) for s in stamps)
+    decode = n / (end - start) if end > start and n else float("nan")
+    return n_prompt / prefill_wall, decode, n_prompt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=default_data_dir() / "models" / DEFAULT_MODEL.filename)
+    ap.add_argument("--ns", default="1,4,8,16")
+    ap.add_argument("--prompt-tokens", type=int, default=800)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--step-tokens", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--name", default="engine")
+    args = ap.parse_args()
+    ns = [int(x) for x in args.ns.split(",")]
+    n_max = max(ns)
+    import os
+
+    threads = args.threads or os.cpu_count()
+    tok = Tokenizer.from_gguf(args.model)
+
+    direct = DirectLoop(args.model, n_max, 2048, args.step_tokens, threads)
+    direct_res = {}
+    for n in ns:
+        ps = [tok.encode(p, add_bos=tok.add_bos) for p in prompts_of(tok, n, args.prompt_tokens, tag=f"d{n}-")]
+        direct_res[n] = direct.run(ps, args.decode_tokens)
+        print(f"direct N={n}: prefill {direct_res[n][0]:.1f} tok/s, decode {direct_res[n][1]:.1f} tok/s", flush=True)
+    direct.close()
+
+    slmd_res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = start_daemon(Path(tmp), args.model, "--max-running", str(n_max), "--context", "2048",
+                         "--step-tokens", str(args.step_tokens), "--threads", str(threads),
+                         "--n-gpu-layers", str(args.n_gpu_layers), "--log-level", "warning")
+        try:
+            for n in ns:
+                slmd_res[n] = asyncio.run(slmd_run(d.target, prompts_of(tok, n, args.prompt_tokens, tag=f"s{n}-"),
+                                                   args.decode_tokens))
+                print(f"slmd   N={n}: prefill {slmd_res[n][0]:.1f} tok/s, decode {slmd_res[n][1]:.1f} tok/s", flush=True)
+        finally:
+            d.stop()
+
+    header = ["N", "direct prefill tok/s", "slmd prefill tok/s", "prefill ratio",
+              "direct decode tok/s", "slmd decode tok/s", "decode ratio"]
+    rows = []
+    for n in ns:
+        (dp, dd), (sp, sd, _) = direct_res[n], slmd_res[n]
+        rows.append([n, dp, sp, sp / dp, dd, sd, sd / dd])
+    print()
+    print_table(header, rows)
+    path = write_results(args.name, "slmd vs a direct llama.cpp loop", header, rows, [
+        f"Model: {args.model.name}; prompts of about {args.prompt_tokens} tokens, distinct per request; "
+        f"{args.decode_tokens} decoded tokens per request (greedy, ignore_eos); step budget {args.step_tokens}; "
+        f"{threads} threads; n_gpu_layers {args.n_gpu_layers}.",
+        "Targets: slmd >= 0.95x the direct loop at N = 1, >= 0.9x at every other N.",
+    ])
+    _plot(ns, direct_res, slmd_res, RESULTS / f"{args.name}.png")
+    print(f"\nwrote {path} and {path.with_suffix('.png')}")
+
+
+def _plot(ns, direct_res, slmd_res, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(ns))
+    for ax, k, title in ((axes[0], 0, "prefill tokens/s"), (axes[1], 1, "decode tokens/s (aggregate)")):
+        ax.bar(x - 0.2, [direct_res[n][k] for n in ns], 0.4, label="direct llama.cpp loop")
+        ax.bar(x + 0.2, [slmd_res[n][k] for n in ns], 0.4, label="slmd over gRPC")
+        ax.set_xticks(x, [f"N={n}" for n in ns])
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from slmd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""Daemon configuration: pydantic models filled from a TOML file, `SLMD_*`
+environment variables and CLI flags (flags override the environment, which
+overrides the file). Validated once at start; an invalid value stops the
+daemon with a message naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slmd.paths import default_data_dir, default_socket_path
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: Path | None = None  # None: the default model, pulled on first use
+    n_gpu_layers: int = Field(0, ge=-1)  # -1 = all layers on the GPU
+    n_threads: int = Field(0, ge=0)  # 0 = all cores
+    context_per_sequence: int = Field(2048, ge=64, le=131072)
+    use_mmap: bool = True
+
+
+class EngineConfig(_Section):
+    max_running: int = Field(16, ge=1, le=256)  # sequences decoded together
+    step_token_budget: int = Field(512, ge=16, le=8192)  # tokens per llama_decode
+    kv_unified: bool = False  # separate KV streams: prefill bit-identical to a solo run
+    deterministic: bool = False  # default for requests that do not ask
+    max_waiting: int = Field(256, ge=0)  # queued requests before RESOURCE_EXHAUSTED
+    max_tokens_default: int = Field(256, ge=1)
+    max_tokens_limit: int = Field(4096, ge=1)
+    max_prompt_bytes: int = Field(1 << 20, ge=1)
+    keep_alive_seconds: float = Field(-1, ge=-1)  # -1 = never unload
+
+    @model_validator(mode="after")
+    def _limits(self) -> "EngineConfig":
+        if self.max_tokens_default > self.max_tokens_limit:
+            raise ValueError("engine.max_tokens_default must be <= engine.max_tokens_limit")
+        return self
+
+
+class TcpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0 = TCP off
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("server.tcp.host must be a loopback address (127.0.0.1, ::1, localhost)")
+        return v
+
+
+class ServerConfig(_Section):
+    socket_path: Path = Field(default_factory=default_socket_path)
+    socket_group: str | None = None  # group owning the 0660 socket; None = daemon's group
+    tcp: TcpConfig = Field(default_factory=TcpConfig)
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    max_message_bytes: int = Field(8 << 20, ge=1024)
+
+
+class AuthConfig(_Section):
+    tokens: dict[str, str] = Field(default_factory=dict)  # token -> app id; mandatory on TCP
+    unix_default_app: str | None = "local"  # app of Unix-socket callers without a token; None = refuse
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = False
+    log_content: bool = False  # prompts/documents in logs only when explicitly enabled
+
+
+class Config(_Section):
+    """The whole daemon configuration (see packaging/slmd.toml for every key)."""
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _tcp_needs_tokens(self) -> "Config":
+        if self.server.tcp.port and not self.auth.tokens:
+            raise ValueError("server.tcp.port is set but auth.tokens is empty: TCP requires per-app tokens")
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+class ConfigError(Exception):
+    """Raised with a message that names the offending key."""
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def env_overrides(environ: dict[str, str] | os._Environ) -> dict[str, Any]:
+    """`SLMD_ENGINE__MAX_RUNNING=8` -> {"engine": {"max_running": "8"}}.
+    Double underscores separate sections so keys may contain single ones."""
+    dotted = {}
+    for name, value in environ.items():
+        if not name.startswith("SLMD_") or name in _CLIENT_ENV:
+            continue
+        if value[:1] in "{[":  # tables and lists come as JSON: SLMD_AUTH__TOKENS='{"tok": "app"}'
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        dotted[name[5:].lower().replace("__", ".")] = value
+    return _nest(dotted)
+
+
+# Variables the client library reads; they are not daemon settings.
+_CLIENT_ENV = {"SLMD_SOCKET", "SLMD_TOKEN", "SLMD_CONFIG", "SLMD_TEST_MODEL"}
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error" and "expected" in (e.get("ctx") or {}):
+            msg = f"allowed values: {e['ctx']['expected']}"
+        lines.append(f"{key}: {msg} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    file: Path | None = None,
+    *,
+    environ: dict[str, str] | os._Environ | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """File < environment < flags. `flags` uses dotted keys ("engine.max_running")."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    file = file or (Path(environ["SLMD_CONFIG"]) if environ.get("SLMD_CONFIG") else None)
+    if file is not None:
+        try:
+            raw = tomllib.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {file} is not valid TOML: {e}") from None
+    raw = _deep_merge(raw, env_overrides(environ))
+    raw = _deep_merge(raw, _nest({k: v for k, v in (flags or {}).items() if v is not None}))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None

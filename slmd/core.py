@@ -1,0 +1,228 @@
+"""The engine loop, on its own thread: inbox -> schedule -> runtime.step ->
+outputs. The asyncio side submits requests and receives each request's outputs
+on an asyncio.Queue; one `call_soon_threadsafe` per loop per step hands them
+over. Cancellations and aborts are applied at the start of the next step, so a
+vanished client's sequence is freed within one step."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from slmd.output import TextState, feed, flush
+from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, RequestStatus
+from slmd.runtime.base import Runtime, StepOutput
+from slmd.scheduler.scheduler import QueueFull, Scheduler, SchedulerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Submit:
+    req: Request
+    loop: asyncio.AbstractEventLoop
+    sink: asyncio.Queue
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+    kind: ErrorKind
+    reason: str
+
+
+@dataclass
+class EngineStats:
+    started_at: float = field(default_factory=time.monotonic)
+    num_steps: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    cached_tokens_total: int = 0
+    requests_finished_total: int = 0
+
+
+class Engine:
+    def __init__(self, runtime: Runtime, cfg: SchedulerConfig) -> None:
+        self.runtime = runtime
+        self.scheduler = Scheduler(cfg, runtime.is_eog)
+        self.stats = EngineStats()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._text: dict[str, TextState] = {}
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        self._thread = threading.Thread(target=self._run, name="slmd-engine", daemon=True)
+
+    # ---- called from any thread -------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, req: Request, loop: asyncio.AbstractEventLoop, sink: asyncio.Queue) -> None:
+        self._inbox.put(_Submit(req, loop, sink))
+        self._wake.set()
+
+    def abort(self, request_id: str, kind: ErrorKind = ErrorKind.CANCELLED, reason: str = "cancelled") -> None:
+        self._inbox.put(_Abort(request_id, kind, reason))
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued and running, then end the thread."""
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    async def stream(self, req: Request) -> AsyncIterator[RequestOutput]:
+        """Submit and yield the request's outputs; leaving early (the caller was
+        cancelled or stopped iterating) aborts the request."""
+        sink: asyncio.Queue = asyncio.Queue()
+        self.submit(req, asyncio.get_running_loop(), sink)
+        finished = False
+        try:
+            while not finished:
+                out = await sink.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                self.abort(req.request_id)
+
+    def validate_grammar(self, grammar: str) -> str | None:
+        return self.runtime.validate_grammar(grammar)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- the engine thread ------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._drain_inbox()
+            if not self.scheduler.has_work:
+                if self._stopping.is_set():
+                    break
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self._step()
+            except Exception:  # never let one bad step take the daemon down
+                log.exception("engine step failed; failing the running requests")
+                for req in list(self.scheduler.running):
+                    req.error_kind = ErrorKind.INTERNAL
+                    self.scheduler.finish(req.request_id, RequestStatus.FINISHED_ERROR, FinishReason.ERROR, "internal engine error")
+            self._collect_finished()
+            self._dispatch()
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(msg, _Submit):
+                self._admit(msg)
+            else:
+                req = self.scheduler.get(msg.request_id)
+                if req is not None and not req.is_finished:
+                    req.error_kind = msg.kind
+                    self.scheduler.finish(msg.request_id, RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, msg.reason)
+        # (finished requests are collected after the step)
+
+    def _admit(self, msg: _Submit) -> None:
+        req = msg.req
+        self._sinks[req.request_id] = (msg.loop, msg.sink)
+        if self._stopping.is_set():
+            self._reject(req, ErrorKind.SHUTDOWN, "slmd is shutting down")
+            return
+        try:
+            self.scheduler.add(req)
+        except QueueFull as e:
+            self._reject(req, ErrorKind.QUEUE_FULL, str(e))
+            return
+        self._text[req.request_id] = TextState(req.sampling.stop)
+
+    def _reject(self, req: Request, kind: ErrorKind, why: str) -> None:
+        req.error_kind = kind
+        req.status, req.finish_reason, req.error = RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, why
+        req.finish_time = time.monotonic()
+        self._emit_final(req)
+
+    def _step(self) -> None:
+        sched = self.scheduler
+        now = time.monotonic()
+        for req in sched.expired(now):
+            req.error_kind = ErrorKind.DEADLINE
+            sched.finish(req.request_id, RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, "deadline exceeded")
+        out = sched.schedule()
+        for req in out.started:
+            self.runtime.open(req.seq_id, req.sampling)
+        step = self.runtime.step(out.batch) if not out.batch.is_empty else StepOutput()
+        self.stats.num_steps += 1
+        for sw in out.work:
+            if sw.request.is_prefilling:  # (evaluated before update advances it)
+                self.stats.prompt_tokens_total += sw.num_tokens
+        for upd in sched.update(out, step):
+            req = upd.request
+            state = self._text[req.request_id]
+            text = "".join(feed(state, self.runtime.token_bytes(t)) for t in upd.new_token_ids)
+            self.stats.generation_tokens_total += len(upd.new_token_ids)
+            if state.stopped:
+                sched.finish(req.request_id, RequestStatus.FINISHED_STOPPED, FinishReason.STOP)
+            self._emit(req, RequestOutput(req.request_id, text, tuple(upd.new_token_ids)))
+        for seq_id, why in step.failed.items():
+            log.error("sequence %d failed: %s", seq_id, why)
+
+    def _collect_finished(self) -> None:
+        for req in self.scheduler.take_finished():
+            if req.seq_id is not None:
+                self.runtime.release(req.seq_id)
+            if req.status == RequestStatus.FINISHED_ERROR and req.error_kind is None:
+                req.error_kind = ErrorKind.INTERNAL
+            self.stats.requests_finished_total += 1
+            self._emit_final(req)
+
+    def _emit_final(self, req: Request) -> None:
+        state = self._text.pop(req.request_id, None)
+        tail = flush(state) if state is not None and req.status != RequestStatus.FINISHED_ABORTED else ""
+        t_end = req.finish_time or time.monotonic()
+        first = req.first_scheduled_time or t_end
+        self._emit(req, RequestOutput(
+            request_id=req.request_id, text=tail, token_ids=(), finished=True,
+            finish_reason=req.finish_reason, error=req.error, error_kind=req.error_kind,
+            num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=len(req.output_ids),
+            num_cached_tokens=req.num_cached_tokens,
+            queue_seconds=first - req.arrival_time,
+            ttft_seconds=(req.first_token_time - req.arrival_time) if req.first_token_time else 0.0,
+            total_seconds=t_end - req.arrival_time,
+            argmax_ids=tuple(req.argmax_ids),
+        ))
+
+    def _emit(self, req: Request, out: RequestOutput) -> None:
+        target = self._sinks.get(req.request_id)
+        if target is None:
+            return
+        loop, sink = target
+        self._pending.setdefault(loop, []).append((sink, out))
+        if out.finished:
+            del self._sinks[req.request_id]
+
+    def _dispatch(self) -> None:
+        for loop, items in self._pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening
+                pass
+        self._pending = {}
+
+
+def _deliver(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for sink, out in items:
+        sink.put_nowait(out)

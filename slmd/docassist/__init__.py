@@ -1,0 +1,1 @@
+"""Document assistance: ingestion (`slmd.docassist.ingest`), chunking, prompts."""

@@ -1,0 +1,61 @@
+"""Turning sampled tokens into text deltas: UTF-8-safe incremental decoding
+(a multi-byte character split across tokens is held back until complete) and
+stop strings (text that might be the start of a stop string is held back until
+it is known not to be)."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class TextState:
+    stop: tuple[str, ...]
+    _decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    _held: str = ""  # decoded text not yet delivered (may start a stop string)
+    stopped: bool = False
+
+    @property
+    def _hold_len(self) -> int:
+        return max((len(s) for s in self.stop), default=1) - 1
+
+
+def feed(state: TextState, token_bytes: bytes) -> str:
+    """Add one token's bytes; return the text that can be delivered now. Sets
+    `state.stopped` when a stop string completes (the stop string itself and
+    anything after it are dropped)."""
+    if state.stopped:
+        return ""
+    state._held += state._decoder.decode(token_bytes)
+    if state.stop:
+        cut = min((i for i in (state._held.find(s) for s in state.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            state.stopped = True
+            out, state._held = state._held[:cut], ""
+            return out
+        keep = state._hold_len
+        if keep and len(state._held) > keep:
+            out, state._held = state._held[:-keep], state._held[-keep:]
+            return out
+        if keep:
+            return ""
+    out, state._held = state._held, ""
+    return out
+
+
+def flush(state: TextState) -> str:
+    """At the end of generation: whatever is held back (an incomplete UTF-8
+    sequence becomes U+FFFD)."""
+    if state.stopped:
+        return ""
+    out = state._held + state._decoder.decode(b"", final=True)
+    state._held = ""
+    return out
+
+
+def detokenize(token_bytes: Callable[[int], bytes], ids: list[int]) -> str:
+    return b"".join(token_bytes(t) for t in ids).decode("utf-8", errors="replace")

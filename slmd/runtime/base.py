@@ -1,0 +1,94 @@
+"""The contract between the engine and a model backend. The scheduler builds a
+`StepBatch` of plain token ids and sequence ids; a backend (llama.cpp today,
+MLC where it installs) turns it into forward passes and sampled tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from slmd.request import SamplingParams
+
+
+@dataclass(frozen=True)
+class SeqWork:
+    """Tokens to feed one sequence in this step, starting at position `start_pos`."""
+
+    seq_id: int
+    token_ids: Sequence[int]
+    start_pos: int
+    sample: bool  # sample the next token from the logits of the last one
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """Each group is one forward pass (one `llama_decode`). Normally there is
+    one group holding every sequence; a deterministic request gets a group of
+    its own so its numerics equal a solo run."""
+
+    groups: tuple[tuple[SeqWork, ...], ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(w.token_ids) for g in self.groups for w in g)
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(self.groups)
+
+
+@dataclass
+class StepOutput:
+    sampled: dict[int, int] = field(default_factory=dict)  # seq_id -> token id
+    failed: dict[int, str] = field(default_factory=dict)  # seq_id -> error
+    decode_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    name: str
+    architecture: str
+    n_vocab: int
+    n_ctx_train: int
+    n_params: int
+    size_bytes: int
+    context_per_sequence: int
+    num_sequences: int
+
+
+class Runtime(Protocol):
+    info: ModelInfo
+
+    def open(self, seq_id: int, sampling: SamplingParams) -> None:
+        """Prepare a sequence for a new request (empty KV, fresh sampler)."""
+
+    def step(self, batch: StepBatch) -> StepOutput:
+        """Run the forward passes and sample where asked."""
+
+    def accept(self, seq_id: int, token_id: int) -> None:
+        """Tell the sequence's sampler which token was appended (penalties, grammar)."""
+
+    def release(self, seq_id: int) -> None:
+        """Drop the sequence's KV cells and sampler."""
+
+    def copy_prefix(self, src_seq: int, dst_seq: int, num_tokens: int) -> None:
+        """Share the first `num_tokens` KV cells of `src_seq` with `dst_seq`."""
+
+    def save(self, seq_id: int) -> bytes:
+        """Serialize a sequence's KV state (host-memory tier, preemption)."""
+
+    def restore(self, seq_id: int, data: bytes) -> None:
+        """Load a state produced by `save` into an empty sequence."""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token's piece."""
+
+    def is_eog(self, token_id: int) -> bool:
+        """End-of-generation token."""
+
+    def validate_grammar(self, grammar: str) -> str | None:
+        """None if the GBNF grammar parses, else a message."""
+
+    def close(self) -> None:
+        """Free the context and the model."""

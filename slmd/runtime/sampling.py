@@ -1,0 +1,56 @@
+"""llama.cpp sampler chains built from `SamplingParams`. Greedy requests with
+no penalty or grammar need no chain: the runtime takes the argmax itself."""
+
+from __future__ import annotations
+
+import llama_cpp as L
+
+from slmd.request import SamplingParams
+
+PENALTY_LAST_N = 64  # tokens the repetition penalty looks back over
+
+
+class SamplerError(ValueError):
+    pass
+
+
+def build_chain(vocab, sp: SamplingParams):
+    """A chain owned by the caller (free it with `free_chain`)."""
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+
+    def add(s) -> None:
+        L.llama_sampler_chain_add(chain, s)
+
+    if sp.grammar:
+        g = L.llama_sampler_init_grammar(vocab, sp.grammar.encode(), b"root")
+        if not g:
+            L.llama_sampler_free(chain)
+            raise SamplerError("grammar does not parse")
+        add(g)
+    if sp.repetition_penalty != 1.0:
+        add(L.llama_sampler_init_penalties(PENALTY_LAST_N, sp.repetition_penalty, 0.0, 0.0))
+    if sp.temperature <= 0.0:
+        add(L.llama_sampler_init_greedy())
+        return chain
+    if sp.top_k > 0:
+        add(L.llama_sampler_init_top_k(sp.top_k))
+    if sp.top_p < 1.0:
+        add(L.llama_sampler_init_top_p(sp.top_p, 1))
+    if sp.min_p > 0.0:
+        add(L.llama_sampler_init_min_p(sp.min_p, 1))
+    add(L.llama_sampler_init_temp(sp.temperature))
+    add(L.llama_sampler_init_dist(sp.seed & 0xFFFFFFFF))
+    return chain
+
+
+def free_chain(chain) -> None:
+    if chain:
+        L.llama_sampler_free(chain)
+
+
+def grammar_error(vocab, grammar: str) -> str | None:
+    g = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not g:
+        return "grammar does not parse (GBNF with a `root` rule expected)"
+    L.llama_sampler_free(g)
+    return None

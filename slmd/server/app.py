@@ -1,0 +1,160 @@
+"""Putting the daemon together: model store -> runtime -> engine thread ->
+grpc.aio servicers on a Unix socket (and loopback TCP when configured), with
+health, reflection and a graceful stop (health NOT_SERVING, then
+`server.stop(grace)`, then the engine drains)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from slmd_client._proto.slmd.v1 import admin_pb2, generation_pb2
+
+from slmd.chat import Prompter
+from slmd.config import Config
+from slmd.core import Engine
+from slmd.models import ModelError, resolve_model
+from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
+from slmd.scheduler.scheduler import SchedulerConfig
+from slmd.server import convert
+from slmd.server.admin import AdminServicer
+from slmd.server.generation import GenerationServicer
+from slmd.server.identity import IdentityResolver
+from slmd.server.registry import register
+from slmd.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    generation_pb2.DESCRIPTOR.services_by_name["Generation"],
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+)
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    engine: Engine
+    runtime: LlamaRuntime
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+
+
+def build(cfg: Config) -> Daemon:
+    model_path = resolve_model(cfg.model.path, cfg.models_dir)
+    tokenizer = Tokenizer.from_gguf(model_path)
+    eng = cfg.engine
+    runtime = LlamaRuntime(RuntimeConfig(
+        model_path=model_path, num_sequences=eng.max_running,
+        context_per_sequence=cfg.model.context_per_sequence, batch_tokens=eng.step_token_budget,
+        n_threads=cfg.model.n_threads, n_gpu_layers=cfg.model.n_gpu_layers,
+        kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
+    ))
+    info = runtime.info
+    log.info("model %s (%s, %.1f M params, %d sequences x %d tokens)", info.name, info.architecture,
+             info.n_params / 1e6, info.num_sequences, info.context_per_sequence)
+    engine = Engine(runtime, SchedulerConfig(
+        num_sequences=eng.max_running, step_token_budget=eng.step_token_budget,
+        context_per_sequence=info.context_per_sequence, max_waiting=eng.max_waiting,
+    ))
+    identity = IdentityResolver(cfg.auth.tokens, cfg.auth.unix_default_app)
+    limits = convert.Limits(eng.max_tokens_default, eng.max_tokens_limit, eng.max_prompt_bytes, info.n_vocab)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.server.max_message_bytes),
+    ])
+    register(server, GenerationServicer(engine, Prompter(tokenizer), limits, identity,
+                                        info.context_per_sequence, eng.deterministic), SERVICES[0])
+    register(server, AdminServicer(engine, info, identity), SERVICES[1])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
+    return Daemon(cfg, engine, runtime, server, health_servicer)
+
+
+def _prepare_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale socket of a daemon that died
+        else:
+            raise ModelError(f"another daemon is listening on {path}")
+        finally:
+            probe.close()
+
+
+def _listen(d: Daemon) -> list[str]:
+    cfg = d.cfg.server
+    path = cfg.socket_path.absolute()
+    _prepare_socket(path)
+    # The socket is created by bind() inside grpc; the umask makes it 0660 from
+    # the first instant (a chmod afterwards would leave a window).
+    old = os.umask(0o117)
+    try:
+        d.server.add_insecure_port(f"unix:{path}")
+    finally:
+        os.umask(old)
+    addrs = [f"unix:{path}"]
+    if cfg.socket_group:
+        os.chown(path, -1, grp.getgrnam(cfg.socket_group).gr_gid)
+    if cfg.tcp.port:
+        port = d.server.add_insecure_port(f"{cfg.tcp.host}:{cfg.tcp.port}")
+        addrs.append(f"{cfg.tcp.host}:{port}")
+    return addrs
+
+
+async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
+    _prepare_socket(cfg.server.socket_path.absolute())  # refuse before the model loads
+    d = build(cfg)
+    d.engine.start()
+    addrs = _listen(d)
+    await d.server.start()
+    await d.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    for s in SERVICES:
+        await d.health.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("slmd serving on %s", ", ".join(addrs))
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"ready\n")
+    _notify_systemd("READY=1")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("stopping: draining in-flight requests (grace %.1f s)", cfg.server.shutdown_grace_seconds)
+    _notify_systemd("STOPPING=1")
+    await d.health.enter_graceful_shutdown()
+    await d.server.stop(cfg.server.shutdown_grace_seconds)
+    await loop.run_in_executor(None, d.engine.stop, 5.0)
+    d.runtime.close()
+    with contextlib.suppress(FileNotFoundError):
+        cfg.server.socket_path.unlink()
+    log.info("stopped")
+    return 0
+
+
+def _notify_systemd(state: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.send(state.encode())

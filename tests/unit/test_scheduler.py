@@ -1,0 +1,135 @@
+"""The scheduler alone: budgets, chunked prefill, priorities, app turns,
+deterministic groups, finishing. No runtime needed: the tests play its part."""
+
+from __future__ import annotations
+
+import pytest
+
+from slmd.request import FinishReason, Priority, Request, RequestStatus, SamplingParams
+from slmd.runtime.base import StepOutput
+from slmd.scheduler.scheduler import QueueFull, Scheduler, SchedulerConfig
+
+EOS = 0
+
+
+def mk(rid: str, n_prompt: int, *, prio=Priority.NORMAL, app="a", max_tokens=4, det=False) -> Request:
+    return Request(rid, list(range(1, n_prompt + 1)), SamplingParams(max_tokens=max_tokens),
+                   app_id=app, priority=prio, deterministic=det)
+
+
+def sched(**kw) -> Scheduler:
+    return Scheduler(SchedulerConfig(**{"num_sequences": 4, "step_token_budget": 8, "context_per_sequence": 64, **kw}),
+                     is_eog=lambda t: t == EOS)
+
+
+def sample_all(out, token=7) -> StepOutput:
+    return StepOutput(sampled={w.seq_id: token for g in out.batch.groups for w in g if w.sample})
+
+
+def test_chunked_prefill_respects_budget_and_decodes_first():
+    s = sched()
+    s.add(mk("long", 20))
+    out = s.schedule()
+    assert out.batch.num_tokens == 8 and [w.sample for w in out.batch.groups[0]] == [False]
+    s.update(out, sample_all(out))
+    s.add(mk("short", 3))
+    out = s.schedule()
+    # the long prompt continues (8 more), the short one waits for budget
+    assert out.batch.num_tokens == 8
+    s.update(out, sample_all(out))
+    out = s.schedule()  # long: last 4 tokens + sample; short: 3 tokens + sample
+    works = {w.request.request_id: (w.num_tokens, w.sample) for w in out.work}
+    assert works == {"long": (4, True), "short": (3, True)}
+    ups = s.update(out, sample_all(out))
+    assert [u.new_token_ids for u in ups] == [[7], [7]]
+    out = s.schedule()  # both decode: one token each, positions right after the prompts
+    assert sorted((w.start_pos, len(w.token_ids)) for g in out.batch.groups for w in g) == [(3, 1), (20, 1)]
+
+
+def test_positions_and_tokens_fed_are_the_request_tokens():
+    s = sched(step_token_budget=64)
+    r = mk("r", 5)
+    s.add(r)
+    out = s.schedule()
+    w = out.batch.groups[0][0]
+    assert list(w.token_ids) == [1, 2, 3, 4, 5] and w.start_pos == 0 and w.sample
+    s.update(out, sample_all(out, token=42))
+    out = s.schedule()
+    w = out.batch.groups[0][0]
+    assert list(w.token_ids) == [42] and w.start_pos == 5
+
+
+def test_priority_classes_first_then_app_turns():
+    s = sched(num_sequences=1, step_token_budget=64)
+    for i in range(3):
+        s.add(mk(f"bg{i}", 2, prio=Priority.BACKGROUND, app="batch"))
+    s.add(mk("n1", 2, app="x"))
+    s.add(mk("n2", 2, app="x"))
+    s.add(mk("n3", 2, app="y"))
+    s.add(mk("ui", 2, prio=Priority.INTERACTIVE, app="z"))
+    order = []
+    while s.has_work:
+        out = s.schedule()
+        order += [r.request_id for r in out.started]
+        s.update(out, sample_all(out, token=EOS))
+        for r in s.take_finished():
+            assert r.finish_reason == FinishReason.STOP
+    assert order == ["ui", "n1", "n3", "n2", "bg0", "bg1", "bg2"]
+
+
+def test_deterministic_requests_get_their_own_group_and_fixed_chunks():
+    s = sched(step_token_budget=8)
+    s.add(mk("a", 3))
+    s.add(mk("b", 20, det=True))
+    s.add(mk("c", 2))
+    out = s.schedule()
+    groups = [[(w.seq_id, len(w.token_ids)) for w in g] for g in out.batch.groups]
+    # a shares the common decode; b gets one of its own with a full chunk of 8
+    # although only 5 tokens of budget were left; that overdraw makes c wait
+    assert [[n for _, n in g] for g in groups] == [[3], [8]]
+    assert [r.request_id for r in out.started] == ["a", "b"]
+
+
+def test_finish_on_max_tokens_and_context():
+    s = sched(step_token_budget=64, context_per_sequence=8)
+    s.add(mk("len", 2, max_tokens=2))
+    s.add(mk("ctx", 6, max_tokens=100))
+    while s.has_work:
+        out = s.schedule()
+        s.update(out, sample_all(out))
+    done = {r.request_id: r for r in s.take_finished()}
+    assert done["len"].output_ids == [7, 7] and done["len"].status == RequestStatus.FINISHED_LENGTH
+    assert done["ctx"].num_tokens == 8 and done["ctx"].finish_reason == FinishReason.LENGTH
+
+
+def test_queue_bound_and_abort_frees_sequence():
+    s = sched(num_sequences=1, max_waiting=2)
+    s.add(mk("r1", 2))
+    s.add(mk("r2", 2))
+    with pytest.raises(QueueFull, match="max_waiting=2"):
+        s.add(mk("r3", 2))
+    out = s.schedule()
+    assert [r.request_id for r in out.started] == ["r1"]
+    s.finish("r1", RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, "cancelled")
+    s.update(out, sample_all(out))  # a finished request's step result is ignored
+    [r1] = s.take_finished()
+    assert r1.output_ids == []
+    out = s.schedule()
+    assert [r.request_id for r in out.started] == ["r2"] and out.started[0].seq_id == r1.seq_id
+
+
+def test_failed_sequence_finishes_with_error():
+    s = sched()
+    s.add(mk("r", 2))
+    out = s.schedule()
+    s.update(out, StepOutput(failed={out.started[0].seq_id: "no KV cache slot"}))
+    [r] = s.take_finished()
+    assert r.status == RequestStatus.FINISHED_ERROR and r.error == "no KV cache slot"
+
+
+def test_expired_deadlines():
+    s = sched()
+    r = mk("r", 2)
+    r.deadline = 10.0
+    s.add(r)
+    assert s.expired(9.0) == [] and s.expired(10.0) == [r]
