@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import llama_cpp as L
 import numpy as np
+
+import slmd.runtime  # noqa: F401  (same OpenMP wait policy as the daemon, before llama_cpp loads)
+import llama_cpp as L
 
 from benchmarks.harness import print_table, prompts_of, write_results, RESULTS
 from slmd.models import DEFAULT_MODEL
@@ -33,9 +35,11 @@ from slmd_client import AsyncClient
 
 
 class DirectLoop:
-    def __init__(self, model: Path, n_seq: int, ctx_per_seq: int, n_batch: int, threads: int) -> None:
+    def __init__(self, model: Path, n_seq: int, ctx_per_seq: int, n_batch: int, threads: int,
+                 n_gpu_layers: int = 0) -> None:
         L.llama_backend_init()
         mp = L.llama_model_default_params()
+        mp.n_gpu_layers = 999 if n_gpu_layers < 0 else n_gpu_layers  # as slmd's runtime does
         self.model = L.llama_model_load_from_file(str(model).encode(), mp)
         cp = L.llama_context_default_params()
         cp.n_seq_max, cp.n_ctx, cp.n_batch, cp.n_ubatch = n_seq, n_seq * ctx_per_seq, n_batch, min(512, n_batch)
@@ -128,7 +132,7 @@ def main() -> None:
     threads = args.threads or os.cpu_count()
     tok = Tokenizer.from_gguf(args.model)
 
-    direct = DirectLoop(args.model, n_max, 2048, args.step_tokens, threads)
+    direct = DirectLoop(args.model, n_max, 2048, args.step_tokens, threads, args.n_gpu_layers)
     direct_res = {}
     for n in ns:
         ps = [tok.encode(p, add_bos=tok.add_bos) for p in prompts_of(tok, n, args.prompt_tokens, tag=f"d{n}-")]

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    gpu = ""
+    try:  # name the GPU where there is one (the CUDA runs); a CPU-only machine has no nvidia-smi
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        gpu = f", GPU {r.stdout.strip().splitlines()[0]}" if r.returncode == 0 and r.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}"
 
 
 def command() -> str:

@@ -29,7 +29,8 @@ class ModelConfig(_Section):
 
 
 class EngineConfig(_Section):
-    max_running: int = Field(16, ge=1, le=256)  # sequences decoded together
+    max_running: int = Field(8, ge=1, le=256)  # sequences decoded together
+    num_sequences: int = Field(0, ge=0, le=512)  # KV streams (running + idle cache holders); 0 = 2 x max_running
     step_token_budget: int = Field(512, ge=16, le=8192)  # tokens per llama_decode
     kv_unified: bool = False  # separate KV streams: prefill bit-identical to a solo run
     deterministic: bool = False  # default for requests that do not ask
@@ -43,7 +44,30 @@ class EngineConfig(_Section):
     def _limits(self) -> "EngineConfig":
         if self.max_tokens_default > self.max_tokens_limit:
             raise ValueError("engine.max_tokens_default must be <= engine.max_tokens_limit")
+        if self.num_sequences and self.num_sequences < self.max_running:
+            raise ValueError("engine.num_sequences must be 0 or >= engine.max_running")
         return self
+
+    @property
+    def streams(self) -> int:
+        return self.num_sequences or 2 * self.max_running
+
+
+class CacheSection(_Section):
+    enabled: bool = True
+    min_tokens: int = Field(16, ge=1)
+    host_bytes: int = Field(512 << 20, ge=0)  # host-memory tier; 0 = off
+    policy: Literal["lru", "priority"] = "lru"
+    sharing_groups: dict[str, list[str]] = Field(default_factory=dict)  # group -> app ids that share documents
+
+
+class AppSection(_Section):
+    weight: float = Field(1.0, gt=0, le=1000)
+    max_priority: Literal["background", "normal", "interactive"] = "interactive"
+    default_priority: Literal["background", "normal", "interactive"] = "normal"
+    max_concurrent: int = Field(64, ge=1)
+    max_waiting: int = Field(64, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)  # 0 = unlimited
 
 
 class TcpConfig(_Section):
@@ -77,6 +101,23 @@ class LogConfig(_Section):
     log_content: bool = False  # prompts/documents in logs only when explicitly enabled
 
 
+class DocsConfig(_Section):
+    """Document assistance: ingestion limits, the token budget (the paper's
+    default: up to 5 chunks of 200 tokens) and the per-app document registry."""
+
+    max_bytes: int = Field(20 << 20, ge=1)  # a file as sent (server.max_message_bytes also bounds it)
+    max_pages: int = Field(200, ge=1)  # PDF pages, slides or sheets
+    max_chars: int = Field(2_000_000, ge=1)  # extracted text
+    max_seconds: float = Field(30.0, gt=0)  # reading one file
+    chunk_tokens: int = Field(200, ge=16, le=4096)
+    max_chunks: int = Field(5, ge=1, le=256)
+    reserved_tokens: int = Field(448, ge=64)  # context kept for prompt and output when a budget is raised
+    max_documents_per_app: int = Field(16, ge=1)  # least recently used ones are closed beyond this
+    document_ttl_seconds: float = Field(3600.0, gt=0)  # after the last use
+    max_questions: int = Field(10, ge=1, le=50)
+    max_concurrent_ingests: int = Field(2, ge=1)  # files parsed at once (CPU and memory bound)
+
+
 class Config(_Section):
     """The whole daemon configuration (see packaging/slmd.toml for every key)."""
 
@@ -85,7 +126,10 @@ class Config(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    cache: CacheSection = Field(default_factory=CacheSection)
+    apps: dict[str, AppSection] = Field(default_factory=dict)  # per-app policy; "default" applies to the rest
     log: LogConfig = Field(default_factory=LogConfig)
+    docs: DocsConfig = Field(default_factory=DocsConfig)
 
     @model_validator(mode="after")
     def _tcp_needs_tokens(self) -> "Config":

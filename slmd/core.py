@@ -12,12 +12,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from slmd.output import TextState, feed, flush
 from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, RequestStatus
 from slmd.runtime.base import Runtime, StepOutput
-from slmd.scheduler.scheduler import QueueFull, Scheduler, SchedulerConfig
+from slmd.scheduler import ops as O
+from slmd.scheduler.admission import AppPolicy, Rejected, RejectReason
+from slmd.scheduler.scheduler import Scheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, runtime: Runtime, cfg: SchedulerConfig) -> None:
+    def __init__(self, runtime: Runtime, cfg: SchedulerConfig,
+                 policy_of: Callable[[str], AppPolicy] = lambda app: AppPolicy()) -> None:
         self.runtime = runtime
-        self.scheduler = Scheduler(cfg, runtime.is_eog)
+        self.scheduler = Scheduler(cfg, runtime.is_eog, policy_of)
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -144,8 +147,10 @@ class Engine:
             return
         try:
             self.scheduler.add(req)
-        except QueueFull as e:
-            self._reject(req, ErrorKind.QUEUE_FULL, str(e))
+        except Rejected as e:
+            req.retry_after = e.retry_after
+            kind = ErrorKind.DEADLINE if e.reason == RejectReason.DEADLINE else ErrorKind.QUEUE_FULL
+            self._reject(req, kind, str(e))
             return
         self._text[req.request_id] = TextState(req.sampling.stop)
 
@@ -162,13 +167,10 @@ class Engine:
             req.error_kind = ErrorKind.DEADLINE
             sched.finish(req.request_id, RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, "deadline exceeded")
         out = sched.schedule()
-        for req in out.started:
-            self.runtime.open(req.seq_id, req.sampling)
+        self._run_ops(out.ops)
         step = self.runtime.step(out.batch) if not out.batch.is_empty else StepOutput()
         self.stats.num_steps += 1
-        for sw in out.work:
-            if sw.request.is_prefilling:  # (evaluated before update advances it)
-                self.stats.prompt_tokens_total += sw.num_tokens
+        self.stats.prompt_tokens_total += sum(sw.num_tokens for sw in out.work if sw.is_prefill)
         for upd in sched.update(out, step):
             req = upd.request
             state = self._text[req.request_id]
@@ -180,10 +182,33 @@ class Engine:
         for seq_id, why in step.failed.items():
             log.error("sequence %d failed: %s", seq_id, why)
 
+    def _run_ops(self, ops: list[O.Op]) -> None:
+        rt, sched = self.runtime, self.scheduler
+        for op in ops:
+            if isinstance(op, O.Open):
+                rt.open(op.seq_id, op.sampling, op.replay)
+            elif isinstance(op, O.Release):
+                rt.release(op.seq_id)
+            elif isinstance(op, O.Copy):
+                rt.copy_prefix(op.src_seq, op.dst_seq, op.num_tokens)
+            elif isinstance(op, O.Restore):
+                t0 = time.perf_counter()
+                rt.restore(op.dst_seq, op.data)
+                rt.truncate(op.dst_seq, op.num_tokens)
+                sched.cost.observe_restore(len(op.data), time.perf_counter() - t0)
+                sched.cache.stats.restores += 1
+            elif isinstance(op, O.Save):
+                sched.cache.demote(op.namespace, op.node, rt.save(op.seq_id))
+                rt.release(op.seq_id)
+            elif isinstance(op, O.SaveRequest):
+                req = sched.get(op.request_id)
+                if req is not None:
+                    req.saved_state = rt.save(op.seq_id)
+
     def _collect_finished(self) -> None:
-        for req in self.scheduler.take_finished():
-            if req.seq_id is not None:
-                self.runtime.release(req.seq_id)
+        done, ops = self.scheduler.take_finished()
+        self._run_ops(ops)
+        for req in done:
             if req.status == RequestStatus.FINISHED_ERROR and req.error_kind is None:
                 req.error_kind = ErrorKind.INTERNAL
             self.stats.requests_finished_total += 1
@@ -202,7 +227,7 @@ class Engine:
             queue_seconds=first - req.arrival_time,
             ttft_seconds=(req.first_token_time - req.arrival_time) if req.first_token_time else 0.0,
             total_seconds=t_end - req.arrival_time,
-            argmax_ids=tuple(req.argmax_ids),
+            argmax_ids=tuple(req.argmax_ids), retry_after=req.retry_after,
         ))
 
     def _emit(self, req: Request, out: RequestOutput) -> None:

@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 
+import slmd.runtime  # noqa: F401  (sets the OpenMP wait policy before llama_cpp loads)
 import llama_cpp as L
 
 from slmd.config import LogConfig

@@ -75,6 +75,7 @@ class Request:
     priority: Priority = Priority.NORMAL
     deterministic: bool = False
     deadline: float | None = None  # time.monotonic() by which the request must finish
+    namespace: str = ""  # prefix-cache namespace, derived from the app identity by the daemon
     # Tests only: feed these tokens instead of the sampled ones and record the
     # argmax, to compare the batched path with a solo run position by position.
     teacher_ids: list[int] | None = None
@@ -84,6 +85,8 @@ class Request:
     num_computed_tokens: int = 0  # prompt + output tokens already in the KV cache
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     output_ids: list[int] = field(default_factory=list)
+    saved_state: bytes | None = None  # KV saved to host memory while preempted
+    num_preemptions: int = 0
     argmax_ids: list[int] = field(default_factory=list)  # filled when teacher_ids is set
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
@@ -92,6 +95,7 @@ class Request:
     finish_reason: FinishReason | None = None
     error: str | None = None
     error_kind: ErrorKind | None = None
+    retry_after: float | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -110,8 +114,9 @@ class Request:
         return self.num_computed_tokens < self.num_prompt_tokens
 
     @property
-    def num_pending_prompt_tokens(self) -> int:
-        return max(0, self.num_prompt_tokens - self.num_computed_tokens)
+    def num_pending_tokens(self) -> int:
+        """Tokens not yet in the KV cache; the last one is fed to sample the next."""
+        return self.num_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:
@@ -137,3 +142,4 @@ class RequestOutput:
     ttft_seconds: float = 0.0
     total_seconds: float = 0.0
     argmax_ids: tuple[int, ...] = ()
+    retry_after: float | None = None

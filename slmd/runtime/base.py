@@ -60,20 +60,20 @@ class ModelInfo:
 class Runtime(Protocol):
     info: ModelInfo
 
-    def open(self, seq_id: int, sampling: SamplingParams) -> None:
-        """Prepare a sequence for a new request (empty KV, fresh sampler)."""
+    def open(self, seq_id: int, sampling: SamplingParams, replay: tuple[int, ...] = ()) -> None:
+        """Prepare a sequence for a request (empty KV, a sampler that has seen `replay`)."""
 
     def step(self, batch: StepBatch) -> StepOutput:
         """Run the forward passes and sample where asked."""
-
-    def accept(self, seq_id: int, token_id: int) -> None:
-        """Tell the sequence's sampler which token was appended (penalties, grammar)."""
 
     def release(self, seq_id: int) -> None:
         """Drop the sequence's KV cells and sampler."""
 
     def copy_prefix(self, src_seq: int, dst_seq: int, num_tokens: int) -> None:
         """Share the first `num_tokens` KV cells of `src_seq` with `dst_seq`."""
+
+    def truncate(self, seq_id: int, num_tokens: int) -> None:
+        """Keep only the first `num_tokens` KV cells of a sequence."""
 
     def save(self, seq_id: int) -> bytes:
         """Serialize a sequence's KV state (host-memory tier, preemption)."""

@@ -110,7 +110,9 @@ class LlamaRuntime:
             n_ctx_train=L.llama_model_n_ctx_train(self.model),
             n_params=L.llama_model_n_params(self.model),
             size_bytes=L.llama_model_size(self.model),
-            context_per_sequence=min(cfg.context_per_sequence, L.llama_n_ctx_seq(self.ctx)),
+            # past the trained context, position-embedding models (SlimLM/mpt) abort the process
+            context_per_sequence=min(cfg.context_per_sequence, L.llama_n_ctx_seq(self.ctx),
+                                     L.llama_model_n_ctx_train(self.model) or cfg.context_per_sequence),
             num_sequences=cfg.num_sequences,
         )
 
@@ -148,17 +150,27 @@ class LlamaRuntime:
 
     # ---- sequences --------------------------------------------------------
 
-    def open(self, seq_id: int, sampling: SamplingParams) -> None:
+    def open(self, seq_id: int, sampling: SamplingParams, replay: tuple[int, ...] = ()) -> None:
         self.release(seq_id)
         if not sampling.is_greedy:
-            self._chains[seq_id] = build_chain(self.vocab, sampling)
+            chain = build_chain(self.vocab, sampling)
+            for t in replay:  # a resumed request: penalties and grammar pick up where they were
+                L.llama_sampler_accept(chain, t)
+            self._chains[seq_id] = chain
 
     def release(self, seq_id: int) -> None:
         L.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
         free_chain(self._chains.pop(seq_id, None))
 
     def copy_prefix(self, src_seq: int, dst_seq: int, num_tokens: int) -> None:
-        L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, 0, num_tokens)
+        """Separate KV streams copy the whole source stream (llama.cpp supports
+        only full cross-stream copies; the buffer copy runs at the next decode),
+        then the tail is cut; a unified cache shares the cells without copying."""
+        if self.cfg.kv_unified:
+            L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, 0, num_tokens)
+        else:
+            L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, -1, -1)
+            self.truncate(dst_seq, num_tokens)
 
     def truncate(self, seq_id: int, num_tokens: int) -> None:
         """Keep only the first `num_tokens` cells of a sequence."""
@@ -169,6 +181,12 @@ class LlamaRuntime:
         buf = (ctypes.c_uint8 * size)()
         n = L.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
         return bytes(buf[:n])
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """Bytes of K and V per token (f16 cache), for save-or-recompute choices."""
+        n_embd_kv = L.llama_model_n_embd(self.model) * L.llama_model_n_head_kv(self.model) // max(1, L.llama_model_n_head(self.model))
+        return 2 * 2 * L.llama_model_n_layer(self.model) * n_embd_kv
 
     def restore(self, seq_id: int, data: bytes) -> None:
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)

@@ -1,62 +1,71 @@
-"""The waiting queue: highest priority class first; within a class, apps take
-turns (round robin), and each app's requests keep their arrival order. So one
-app's flood of requests cannot push another app's single request back."""
+"""The waiting queue: highest priority class first; within a class, a
+weighted fair share of tokens across apps (start-time fair queuing: the app
+with the least tokens served per unit of weight goes next), and each app's
+requests keep their arrival order. An app that was idle starts at the
+current virtual time, so idling earns no burst credit. One app's flood
+therefore cannot push another app's request back."""
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from typing import Iterator
+from collections import deque
+from typing import Callable, Iterator
 
 from slmd.request import Priority, Request
 
 
 class WaitQueue:
-    def __init__(self) -> None:
-        # class -> app -> FIFO; the OrderedDict's order is the round-robin turn order
-        self._classes: dict[Priority, OrderedDict[str, deque[Request]]] = {p: OrderedDict() for p in Priority}
+    def __init__(self, weight_of: Callable[[str], float] = lambda app: 1.0) -> None:
+        self._weight_of = weight_of
+        self._apps: dict[Priority, dict[str, deque[Request]]] = {p: {} for p in Priority}
+        self._vtime: dict[str, float] = {}  # tokens served / weight, per app
         self._num = 0
 
     def __len__(self) -> int:
         return self._num
 
-    def push(self, req: Request) -> None:
-        apps = self._classes[req.priority]
-        apps.setdefault(req.app_id, deque()).append(req)
-        self._num += 1
+    # ---- fair share accounting ---------------------------------------------
 
-    def push_front(self, req: Request) -> None:
-        """A preempted request goes back to the head of its app's line."""
-        apps = self._classes[req.priority]
+    def charge(self, app_id: str, num_tokens: int) -> None:
+        """Tokens an app's requests consumed this step (prefill and decode)."""
+        self._vtime[app_id] = self._vtime.get(app_id, self._floor()) + num_tokens / self._weight_of(app_id)
+
+    def _floor(self) -> float:
+        active = [self._vtime.get(a, 0.0) for apps in self._apps.values() for a in apps]
+        return min(active, default=max(self._vtime.values(), default=0.0))
+
+    def served(self, app_id: str) -> float:
+        return self._vtime.get(app_id, 0.0)
+
+    # ---- queue ------------------------------------------------------------
+
+    def push(self, req: Request, *, front: bool = False) -> None:
+        apps = self._apps[req.priority]
         if req.app_id not in apps:
             apps[req.app_id] = deque()
-            apps.move_to_end(req.app_id, last=False)
-        apps[req.app_id].appendleft(req)
+            self._vtime[req.app_id] = max(self._vtime.get(req.app_id, 0.0), self._floor())
+        (apps[req.app_id].appendleft if front else apps[req.app_id].append)(req)
         self._num += 1
+
+    def _next_app(self, prio: Priority) -> str | None:
+        apps = self._apps[prio]
+        return min(apps, key=lambda a: (self._vtime.get(a, 0.0), apps[a][0].arrival_time)) if apps else None
 
     def peek(self) -> Request | None:
         for p in sorted(Priority, reverse=True):
-            apps = self._classes[p]
-            if apps:
-                return next(iter(apps.values()))[0]
+            app = self._next_app(p)
+            if app is not None:
+                return self._apps[p][app][0]
         return None
 
     def pop(self) -> Request:
-        """The request `peek` returned; its app moves to the back of the turn order."""
-        for p in sorted(Priority, reverse=True):
-            apps = self._classes[p]
-            if apps:
-                app_id, fifo = next(iter(apps.items()))
-                req = fifo.popleft()
-                if fifo:
-                    apps.move_to_end(app_id)
-                else:
-                    del apps[app_id]
-                self._num -= 1
-                return req
-        raise IndexError("pop from an empty WaitQueue")
+        req = self.peek()
+        if req is None:
+            raise IndexError("pop from an empty WaitQueue")
+        self.remove(req)
+        return req
 
     def remove(self, req: Request) -> bool:
-        apps = self._classes[req.priority]
+        apps = self._apps[req.priority]
         fifo = apps.get(req.app_id)
         if fifo is None or req not in fifo:
             return False
@@ -68,8 +77,15 @@ class WaitQueue:
 
     def __iter__(self) -> Iterator[Request]:
         for p in sorted(Priority, reverse=True):
-            for fifo in self._classes[p].values():
-                yield from fifo
+            for fifo in list(self._apps[p].values()):
+                yield from list(fifo)
 
-    def count(self, priority: Priority) -> int:
-        return sum(len(f) for f in self._classes[priority].values())
+    def count(self, *, priority: Priority | None = None, app_id: str | None = None) -> int:
+        n = 0
+        for p, apps in self._apps.items():
+            if priority is not None and p != priority:
+                continue
+            for a, fifo in apps.items():
+                if app_id is None or a == app_id:
+                    n += len(fifo)
+        return n

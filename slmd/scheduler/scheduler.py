@@ -1,8 +1,9 @@
-"""Who runs next. Each step gets one token budget: every running sequence's
-next token first (higher classes first), then chunks of pending prompts
-(chunked prefill), so a long prompt never stalls decoding for more than one
-chunk. The scheduler knows tokens, priorities and sequence ids; it never calls
-the runtime."""
+"""Who runs next. Each step gets one token budget: running sequences first
+(higher classes first; a decode costs one token, a prompt a chunk), then
+waiting requests by class and fair share. A request's longest cached prefix
+is copied into its stream instead of recomputed. An arrival that finds no
+room preempts lower-class work. The scheduler knows tokens, priorities and
+sequence ids; it asks for runtime work through ops and never calls it."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from slmd.request import FinishReason, Request, RequestStatus
+from slmd.cache.prefix_cache import CacheConfig, Hit, PrefixCache
+from slmd.request import FinishReason, Priority, Request, RequestStatus
 from slmd.runtime.base import SeqWork, StepBatch, StepOutput
+from slmd.scheduler import ops as O
+from slmd.scheduler.admission import AppPolicy, Rejected, RejectReason, TokenMeter, check_admission
+from slmd.scheduler.cost import CostModel
 from slmd.scheduler.queue import WaitQueue
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    num_sequences: int = 16
+    num_sequences: int = 16  # KV streams: running requests plus idle cache holders
+    max_running: int = 0  # 0 = num_sequences
     step_token_budget: int = 512
     context_per_sequence: int = 2048
     max_waiting: int = 256
-
-
-class QueueFull(Exception):
-    pass
+    kv_bytes_per_token: float = 0.0  # for the save-or-recompute choice; 0 = unknown (always save)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 @dataclass
@@ -32,13 +36,15 @@ class ScheduledWork:
     request: Request
     num_tokens: int
     sample: bool
+    is_prefill: bool
 
 
 @dataclass
 class SchedulerOutput:
     batch: StepBatch
     work: list[ScheduledWork]
-    started: list[Request]  # got a sequence this step: the runtime must open it
+    ops: list[O.Op]  # runtime operations to run, in order, before the batch
+    hits: list[Hit] = field(default_factory=list)  # cache sources locked for this step
 
 
 @dataclass
@@ -48,22 +54,44 @@ class TokenUpdate:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, is_eog: Callable[[int], bool]) -> None:
+    def __init__(self, cfg: SchedulerConfig, is_eog: Callable[[int], bool],
+                 policy_of: Callable[[str], AppPolicy] = lambda app: AppPolicy()) -> None:
         self.cfg = cfg
+        self.max_running = cfg.max_running or cfg.num_sequences
         self.is_eog = is_eog
-        self.waiting = WaitQueue()
+        self.policy_of = policy_of
+        self.cache = PrefixCache(cfg.cache)
+        self.cost = CostModel()
+        self.meter = TokenMeter()
+        self.waiting = WaitQueue(lambda app: policy_of(app).weight)
         self.running: list[Request] = []
+        self.num_preemptions = 0
         self._free_seq_ids = list(range(cfg.num_sequences - 1, -1, -1))
         self._finished: list[Request] = []
         self._by_id: dict[str, Request] = {}
+        self._active_per_app: dict[str, int] = {}
 
     # ---- requests in and out ----------------------------------------------
 
     def add(self, req: Request) -> None:
-        if len(self.waiting) >= self.cfg.max_waiting:
-            raise QueueFull(f"{len(self.waiting)} requests are waiting (engine.max_waiting={self.cfg.max_waiting})")
+        """Admit to the queue or raise `Rejected` (a subclass names the limit)."""
+        check_admission(self.policy_of(req.app_id), req.app_id, num_waiting_total=len(self.waiting),
+                        max_waiting_total=self.cfg.max_waiting, num_waiting_app=self.waiting.count(app_id=req.app_id),
+                        num_active_app=self._active_per_app.get(req.app_id, 0), meter=self.meter)
+        if req.deadline is not None:
+            eta = self.predicted_ttft(req)
+            if time.monotonic() + eta > req.deadline:
+                raise Rejected(RejectReason.DEADLINE, f"predicted time to first token {eta:.2f}s exceeds the "
+                               f"deadline ({max(0.0, req.deadline - time.monotonic()):.2f}s left)", retry_after=eta)
+        req.namespace = req.namespace or self.cache.namespace_for(req.app_id)
         self._by_id[req.request_id] = req
+        self._active_per_app[req.app_id] = self._active_per_app.get(req.app_id, 0) + 1
         self.waiting.push(req)
+
+    def predicted_ttft(self, req: Request) -> float:
+        """Prefill work queued at this class or above, plus this prompt, at the measured speed."""
+        ahead = sum(r.num_pending_tokens for r in (*self.running, *self.waiting) if r.priority >= req.priority)
+        return self.cost.recompute_seconds(ahead + req.num_pending_tokens)
 
     def get(self, request_id: str) -> Request | None:
         return self._by_id.get(request_id)
@@ -72,23 +100,35 @@ class Scheduler:
         req = self._by_id.get(request_id)
         if req is None or req.is_finished:
             return
-        if req.status == RequestStatus.WAITING:
-            self.waiting.remove(req)
-        elif req in self.running:
+        if req in self.running:
             self.running.remove(req)
+        else:
+            self.waiting.remove(req)
         req.status, req.finish_reason, req.error = status, reason, error
         req.finish_time = time.monotonic()
         self._finished.append(req)
 
-    def take_finished(self) -> list[Request]:
-        """Finished requests since the last call; their sequence ids return to
-        the pool (the caller must release them in the runtime first)."""
+    def take_finished(self) -> tuple[list[Request], list[O.Op]]:
+        """Finished requests since the last call, and the runtime ops for their
+        streams: offered to the prefix cache, or released."""
         done, self._finished = self._finished, []
+        ops: list[O.Op] = []
         for req in done:
             self._by_id.pop(req.request_id, None)
-            if req.seq_id is not None:
-                self._free_seq_ids.append(req.seq_id)
-        return done
+            self._active_per_app[req.app_id] -= 1
+            self.meter.add(req.app_id, req.num_computed_tokens - req.num_cached_tokens)
+            req.saved_state = None
+            if req.seq_id is None:
+                continue
+            if req.status == RequestStatus.FINISHED_ERROR:
+                release = [req.seq_id]
+            else:
+                tokens = req.all_ids[: req.num_computed_tokens]
+                release = self.cache.insert(tokens, req.namespace, req.seq_id, int(req.priority))
+            for seq in release:
+                ops.append(O.Release(seq))
+                self._free_seq_ids.append(seq)
+        return done, ops
 
     def expired(self, now: float) -> list[Request]:
         """Waiting or running requests whose deadline has passed."""
@@ -112,61 +152,136 @@ class Scheduler:
         budget = self.cfg.step_token_budget
         shared: list[SeqWork] = []
         solo: list[tuple[SeqWork, ...]] = []
-        work: list[ScheduledWork] = []
+        out = SchedulerOutput(StepBatch(()), [], [])
 
-        def put(req: Request, num: int, sample: bool) -> None:
+        def put(req: Request, num: int) -> None:
             start = req.num_computed_tokens
-            ids = req.all_ids[start : start + num]
-            w = SeqWork(req.seq_id, ids, start, sample)
+            sample = start + num == req.num_tokens and req.sampling.max_tokens > 0
+            w = SeqWork(req.seq_id, req.all_ids[start : start + num], start, sample)
             (solo.append((w,)) if req.deterministic else shared.append(w))
-            work.append(ScheduledWork(req, num, sample))
+            out.work.append(ScheduledWork(req, num, sample, req.num_pending_tokens > 1 or not req.output_ids))
 
-        # Running sequences by class: decodes cost one token each, prefills a chunk.
-        for req in sorted(self.running, key=lambda r: -r.priority):
+        for req in sorted(self.running, key=lambda r: (-r.priority, r.num_pending_tokens)):
             if budget <= 0:
                 break
-            if req.is_prefilling:
-                num = self._chunk(req, budget)
-                if num == 0:
-                    continue
-                budget -= num
-                put(req, num, req.num_computed_tokens + num == req.num_prompt_tokens)
-            else:
-                budget -= 1
-                put(req, 1, True)
-
-        # Admit waiting requests while sequences and budget last.
-        started: list[Request] = []
-        while budget > 0 and self._free_seq_ids and len(self.waiting):
-            req = self.waiting.peek()
             num = self._chunk(req, budget)
-            if num == 0:
+            budget -= num
+            put(req, num)
+
+        while budget > 0 and len(self.waiting):
+            req = self.waiting.peek()
+            # match first: the hit's source is locked, so making room cannot evict it
+            hit = self._match(req)
+            if not self._make_room(req, out.ops):
+                if hit is not None:
+                    self.cache.release_hit(hit)
                 break
             self.waiting.pop()
-            req.seq_id = self._free_seq_ids.pop()
-            req.status = RequestStatus.RUNNING
-            req.first_scheduled_time = req.first_scheduled_time or time.monotonic()
-            self.running.append(req)
-            started.append(req)
+            self._start(req, out, hit)
+            num = self._chunk(req, budget)
             budget -= num
-            put(req, num, req.num_computed_tokens + num == req.num_prompt_tokens)
+            put(req, num)
 
-        groups = ((tuple(shared),) if shared else ()) + tuple(solo)
-        return SchedulerOutput(StepBatch(groups), work, started)
+        out.batch = StepBatch(((tuple(shared),) if shared else ()) + tuple(solo))
+        return out
 
     def _chunk(self, req: Request, budget: int) -> int:
-        pending = req.num_pending_prompt_tokens
         if req.deterministic:
             # A fixed chunk size whatever else runs, so the numerics match a solo
             # run; it is a llama_decode of its own, so it may overdraw the budget.
-            return min(pending, self.cfg.step_token_budget)
-        return min(pending, budget)
+            return min(req.num_pending_tokens, self.cfg.step_token_budget)
+        return min(req.num_pending_tokens, budget)
+
+    def _make_room(self, req: Request, ops: list[O.Op]) -> bool:
+        """A running slot and a KV stream for `req`, preempting lower classes if need be."""
+        if req.seq_id is None and not self._free_seq_ids:
+            self._evict_cache_holder(ops)
+        while len(self.running) >= self.max_running or (req.seq_id is None and not self._free_seq_ids):
+            victim = self._victim(req.priority)
+            if victim is None:
+                return False
+            self._preempt(victim, ops, need_stream=req.seq_id is None and not self._free_seq_ids)
+        return True
+
+    def _evict_cache_holder(self, ops: list[O.Op]) -> bool:
+        picked = self.cache.evict_device()
+        if picked is None:
+            return False
+        ns, node, seq = picked
+        if self.cache.wants_host_tier and self._worth_saving(node.depth):
+            ops.append(O.Save(seq, ns, node))  # the core demotes the node to the host tier
+        else:
+            self.cache.drop(ns, node)
+            ops.append(O.Release(seq))
+        self._free_seq_ids.append(seq)
+        return True
+
+    def _worth_saving(self, num_tokens: int) -> bool:
+        if not self.cfg.kv_bytes_per_token:
+            return True
+        return self.cost.save_beats_recompute(num_tokens, self.cfg.kv_bytes_per_token)
+
+    def _victim(self, priority: Priority) -> Request | None:
+        lower = [r for r in self.running if r.priority < priority]
+        return max(lower, key=lambda r: (-r.priority, r.arrival_time), default=None)
+
+    def _preempt(self, victim: Request, ops: list[O.Op], *, need_stream: bool) -> None:
+        """Pause `victim`. Its KV stays in its stream unless the stream is needed;
+        then it is saved to host memory or dropped for recompute, by cost."""
+        self.running.remove(victim)
+        victim.status = RequestStatus.PREEMPTED
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        if need_stream:
+            if victim.deterministic or self._worth_saving(victim.num_computed_tokens):
+                ops.append(O.SaveRequest(victim.seq_id, victim.request_id))  # sets saved_state
+            else:
+                victim.num_computed_tokens = 0
+            ops.append(O.Release(victim.seq_id))
+            self._free_seq_ids.append(victim.seq_id)
+            victim.seq_id = None
+        self.waiting.push(victim, front=True)
+
+    def _match(self, req: Request) -> Hit | None:
+        if req.seq_id is not None or req.saved_state is not None or req.num_computed_tokens:
+            return None  # resuming with its own KV
+        return self.cache.match(req.all_ids, req.namespace, max_tokens=req.num_tokens - 1, priority=int(req.priority))
+
+    def _start(self, req: Request, out: SchedulerOutput, hit: Hit | None) -> None:
+        resumed = req.status == RequestStatus.PREEMPTED
+        req.status = RequestStatus.RUNNING
+        req.first_scheduled_time = req.first_scheduled_time or time.monotonic()
+        self.running.append(req)
+        if req.seq_id is not None:  # paused with its KV in place
+            return
+        req.seq_id = self._free_seq_ids.pop()
+        out.ops.append(O.Open(req.seq_id, req.sampling, tuple(req.output_ids) if resumed else ()))
+        if req.saved_state is not None:
+            out.ops.append(O.Restore(req.saved_state, req.seq_id, req.num_computed_tokens))
+            req.saved_state = None
+            return
+        if hit is None:
+            return
+        out.hits.append(hit)
+        if hit.device_seq is not None:
+            out.ops.append(O.Copy(hit.device_seq, req.seq_id, hit.num_tokens))
+        else:
+            out.ops.append(O.Restore(hit.host_data, req.seq_id, hit.num_tokens))
+        req.num_computed_tokens = hit.num_tokens
+        if not resumed:
+            req.num_cached_tokens = min(hit.num_tokens, req.num_prompt_tokens)
 
     def update(self, out: SchedulerOutput, step: StepOutput) -> list[TokenUpdate]:
+        for hit in out.hits:
+            self.cache.release_hit(hit)
         now = time.monotonic()
         updates: list[TokenUpdate] = []
+        prefill = decode = 0
         for sw in out.work:
             req = sw.request
+            prefill += sw.num_tokens if sw.is_prefill else 0
+            decode += 0 if sw.is_prefill else sw.num_tokens
+            self.waiting.charge(req.app_id, sw.num_tokens)
             if req.is_finished:
                 continue
             if req.seq_id in step.failed:
@@ -174,6 +289,8 @@ class Scheduler:
                 continue
             req.num_computed_tokens += sw.num_tokens
             if not sw.sample:
+                if req.sampling.max_tokens == 0 and req.num_pending_tokens == 0:
+                    self.finish(req.request_id, RequestStatus.FINISHED_LENGTH, FinishReason.LENGTH)
                 continue
             token = step.sampled[req.seq_id]
             if req.teacher_ids is not None:
@@ -190,4 +307,5 @@ class Scheduler:
             updates.append(TokenUpdate(req, [token]))
             if len(req.output_ids) >= req.sampling.max_tokens or req.num_tokens >= self.cfg.context_per_sequence:
                 self.finish(req.request_id, RequestStatus.FINISHED_LENGTH, FinishReason.LENGTH)
+        self.cost.observe_step(prefill, decode, step.decode_seconds)
         return updates

@@ -18,18 +18,22 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from slmd_client._proto.slmd.v1 import admin_pb2, generation_pb2
+from slmd_client._proto.slmd.v1 import admin_pb2, documents_pb2, generation_pb2
 
 from slmd.chat import Prompter
 from slmd.config import Config
+from slmd.cache.prefix_cache import CacheConfig, EvictionPolicy
 from slmd.core import Engine
 from slmd.models import ModelError, resolve_model
 from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
 from slmd.server import convert
+from slmd.docassist.prompts import PromptLayout
 from slmd.server.admin import AdminServicer
+from slmd.server.documents import DocumentsServicer
 from slmd.server.generation import GenerationServicer
 from slmd.server.identity import IdentityResolver
+from slmd.server.policies import AppPolicies
 from slmd.server.registry import register
 from slmd.tokenizer import Tokenizer
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 SERVICES = (
     generation_pb2.DESCRIPTOR.services_by_name["Generation"],
     admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+    documents_pb2.DESCRIPTOR.services_by_name["Documents"],
 )
 
 
@@ -55,7 +60,7 @@ def build(cfg: Config) -> Daemon:
     tokenizer = Tokenizer.from_gguf(model_path)
     eng = cfg.engine
     runtime = LlamaRuntime(RuntimeConfig(
-        model_path=model_path, num_sequences=eng.max_running,
+        model_path=model_path, num_sequences=eng.streams,
         context_per_sequence=cfg.model.context_per_sequence, batch_tokens=eng.step_token_budget,
         n_threads=cfg.model.n_threads, n_gpu_layers=cfg.model.n_gpu_layers,
         kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
@@ -63,19 +68,26 @@ def build(cfg: Config) -> Daemon:
     info = runtime.info
     log.info("model %s (%s, %.1f M params, %d sequences x %d tokens)", info.name, info.architecture,
              info.n_params / 1e6, info.num_sequences, info.context_per_sequence)
+    policies = AppPolicies(cfg.apps)
     engine = Engine(runtime, SchedulerConfig(
-        num_sequences=eng.max_running, step_token_budget=eng.step_token_budget,
+        num_sequences=eng.streams, max_running=eng.max_running, step_token_budget=eng.step_token_budget,
         context_per_sequence=info.context_per_sequence, max_waiting=eng.max_waiting,
-    ))
+        kv_bytes_per_token=runtime.kv_bytes_per_token,
+        cache=CacheConfig(enabled=cfg.cache.enabled, min_tokens=cfg.cache.min_tokens, host_bytes=cfg.cache.host_bytes,
+                          policy=EvictionPolicy(cfg.cache.policy),
+                          sharing_groups={g: tuple(a) for g, a in cfg.cache.sharing_groups.items()}),
+    ), policies.get)
     identity = IdentityResolver(cfg.auth.tokens, cfg.auth.unix_default_app)
     limits = convert.Limits(eng.max_tokens_default, eng.max_tokens_limit, eng.max_prompt_bytes, info.n_vocab)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
         ("grpc.max_send_message_length", cfg.server.max_message_bytes),
     ])
-    register(server, GenerationServicer(engine, Prompter(tokenizer), limits, identity,
+    register(server, GenerationServicer(engine, Prompter(tokenizer), limits, identity, policies,
                                         info.context_per_sequence, eng.deterministic), SERVICES[0])
     register(server, AdminServicer(engine, info, identity), SERVICES[1])
+    register(server, DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,
+                                       info.context_per_sequence, cfg.docs, policies.priority), SERVICES[2])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)

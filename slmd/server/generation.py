@@ -11,9 +11,10 @@ from slmd_client._proto.slmd.v1 import common_pb2, generation_pb2
 
 from slmd.chat import Prompter
 from slmd.core import Engine
-from slmd.request import Priority, Request
+from slmd.request import Request
 from slmd.server import convert
 from slmd.server.identity import IdentityResolver
+from slmd.server.policies import AppPolicies
 from slmd.server.status import from_kind, invalid
 
 _BIG_PROMPT_CHARS = 16_384  # tokenize larger prompts off the event loop
@@ -21,7 +22,9 @@ _BIG_PROMPT_CHARS = 16_384  # tokenize larger prompts off the event loop
 
 class GenerationServicer:
     def __init__(self, engine: Engine, prompter: Prompter, limits: convert.Limits,
-                 identity: IdentityResolver, context_window: int, default_deterministic: bool = False) -> None:
+                 identity: IdentityResolver, policies: AppPolicies, context_window: int,
+                 default_deterministic: bool = False) -> None:
+        self.policies = policies
         self.engine = engine
         self.prompter = prompter
         self.limits = limits
@@ -71,7 +74,7 @@ class GenerationServicer:
             err = self.engine.validate_grammar(sampling.grammar)
             if err:
                 raise invalid(f"sampling.grammar: {err}")
-        prio = convert.priority(request.priority) or Priority.NORMAL
+        prio = self.policies.priority(ident.app_id, convert.priority(request.priority))
         ids = await self._prompt_ids(request)
         self._check_fits(ids)
         remaining = context.time_remaining()
@@ -82,7 +85,7 @@ class GenerationServicer:
         )
         async for out in self.engine.stream(req):
             if out.finished and out.error_kind is not None:
-                raise from_kind(out.error_kind, f"request {rid}: {out.error}")
+                raise from_kind(out.error_kind, f"request {rid}: {out.error}", out.retry_after)
             resp = generation_pb2.GenerateResponse(request_id=rid, text=out.text, token_ids=out.token_ids)
             if out.finished:
                 resp.finish_reason = convert.FINISH_TO_PROTO.get(out.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED)

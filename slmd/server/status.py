@@ -39,9 +39,11 @@ KIND_TO_CODE = {
 }
 
 
-def from_kind(kind: ErrorKind, message: str) -> RpcError:
+def from_kind(kind: ErrorKind, message: str, retry_after: float | None = None) -> RpcError:
     code = KIND_TO_CODE.get(kind, grpc.StatusCode.INTERNAL)
-    return RpcError(code, message, 1.0 if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_after = retry_after or 1.0
+    return RpcError(code, message, retry_after if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None)
 
 
 async def abort(context: grpc.aio.ServicerContext, err: RpcError) -> None:

@@ -31,10 +31,10 @@ pytestmark = pytest.mark.skipif(
 
 # F16 weights and an F16 KV cache against an F32 PyTorch model whose weights
 # were rounded to F16 first: what is left is ggml's F16 activations in the KV
-# cache and its tabulated GELU. Measured max abs diff ~1e-2 on logits of
-# magnitude ~20 (see the report); 0.1 leaves room without hiding a wrong layout,
-# which shows up as differences of several units.
-F16_LOGIT_TOLERANCE = 0.1
+# cache and its tabulated GELU. Measured max abs diff ~5e-3 on logits of
+# magnitude ~10; 0.05 leaves room without hiding a wrong layout, which shows
+# up as differences of whole units.
+F16_LOGIT_TOLERANCE = 0.05
 NUM_GREEDY = 20
 PROMPTS = [
     "The quick brown fox",
@@ -124,6 +124,11 @@ def vocab():
 
 
 @pytest.fixture(scope="module")
+def tokenizer_keys() -> TokenizerKeys:
+    return TokenizerKeys.read(TOKENIZER_GGUF)
+
+
+@pytest.fixture(scope="module")
 def trained(vocab) -> tuple[SlimLM, SlimLMConfig]:
     # Untied, so output.weight is exported and checked too; make_tiny uses the tied preset.
     cfg = SlimLMConfig.preset("tiny-untied", context_length=256)
@@ -133,11 +138,10 @@ def trained(vocab) -> tuple[SlimLM, SlimLMConfig]:
 
 
 @pytest.fixture(scope="module")
-def exports(trained, tmp_path_factory) -> dict[QuantType, Path]:
+def exports(trained, tokenizer_keys, tmp_path_factory) -> dict[QuantType, Path]:
     model, cfg = trained
     out = tmp_path_factory.mktemp("gguf")
-    keys = TokenizerKeys.read(TOKENIZER_GGUF)
-    return {q: export_gguf(model, cfg, out / f"tiny-{q.value}.gguf", q, keys) for q in QuantType}
+    return {q: export_gguf(model, cfg, out / f"tiny-{q.value}.gguf", q, tokenizer_keys) for q in QuantType}
 
 
 @pytest.fixture(scope="module")
@@ -227,18 +231,49 @@ def test_greedy_output_is_memorized_text(trained, vocab, prompt_ids):
     assert text.startswith(" jumps over the lazy dog."), text
 
 
-@pytest.mark.parametrize("qtype, min_agreement", [(QuantType.Q8_0, 0.95), (QuantType.Q4_0, 0.6)])
-def test_quantized_greedy_mostly_agrees(trained, exports, prompt_ids, qtype, min_agreement):
+@pytest.mark.parametrize("qtype, min_agreement", [(QuantType.Q8_0, 0.98), (QuantType.Q4_0, 0.85)])
+def test_quantized_top1_mostly_agrees(trained, exports, prompt_ids, qtype, min_agreement):
+    """Top-1 agreement with torch along torch's own greedy sequences (teacher-forced,
+    so one early disagreement does not derail the rest of the count)."""
     model, _ = trained
-    expected = [torch_greedy(model, ids, NUM_GREEDY) for ids in prompt_ids]
     runner = LlamaRunner(exports[qtype], n_seq_max=len(prompt_ids))
     try:
-        got = runner.greedy_batch(prompt_ids, NUM_GREEDY)
+        free_running = runner.greedy_batch(prompt_ids, NUM_GREEDY)
+        matches, num_same = [], 0
+        for ids, ours_free in zip(prompt_ids, free_running):
+            sequence = model.generate_greedy(torch.tensor([ids]), NUM_GREEDY)[0].tolist()
+            with torch.no_grad():
+                theirs = model(torch.tensor([sequence]))[0][0].argmax(-1).numpy()
+            ours = runner.prompt_logits(sequence).argmax(-1)
+            matches += list(ours[len(ids) - 1 : -1] == theirs[len(ids) - 1 : -1])
+            num_same += ours_free == sequence[len(ids) :]
     finally:
         runner.close()
-    agreement = np.mean([e == g for exp, out in zip(expected, got) for e, g in zip(exp, out)])
-    print(f"{qtype.value} greedy token agreement with torch: {agreement:.2%}")
+    agreement = float(np.mean(matches))
+    print(
+        f"{qtype.value}: teacher-forced top-1 agreement {agreement:.2%} of {len(matches)} tokens; "
+        f"{num_same}/{len(prompt_ids)} free-running {NUM_GREEDY}-token continuations identical"
+    )
     assert agreement >= min_agreement
+
+
+def test_tied_export_matches_torch(tmp_path, tokenizer_keys, prompt_ids):
+    # make_tiny's preset ties the output to token_embd: no output.weight in the file.
+    cfg = SlimLMConfig.preset("tiny", context_length=128)
+    torch.manual_seed(0)
+    model = SlimLM(cfg).eval()
+    path = export_gguf(model, cfg, tmp_path / "tied.gguf", QuantType.F32, tokenizer_keys)
+    assert "output.weight" not in {name for name, _ in tensor_map(cfg)}
+    runner = LlamaRunner(path, n_ctx=128, n_seq_max=1)
+    try:
+        ids = prompt_ids[2]
+        with torch.no_grad():
+            theirs = model(torch.tensor([ids]))[0][0].numpy()
+        diff = float(np.abs(runner.prompt_logits(ids) - theirs).max())
+    finally:
+        runner.close()
+    print(f"tied f32 max abs logit diff: {diff:.5f}")
+    assert diff < F16_LOGIT_TOLERANCE
 
 
 def test_checkpoint_round_trip(trained, tmp_path):
@@ -253,12 +288,13 @@ def test_checkpoint_round_trip(trained, tmp_path):
 
 
 def test_presets_have_their_named_sizes():
+    # Instantiated on the meta device: shapes only, no memory, no init time.
     expected_millions = {"125m": 125, "270m": 270, "450m": 450, "760m": 760, "1b": 1000}
     for name, millions in expected_millions.items():
-        cfg = SlimLMConfig.preset(name)
-        # Count without building: embeddings, positions, blocks, final norm.
-        d, L = cfg.d_model, cfg.num_layers
-        per_block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (cfg.d_ff * d + cfg.d_ff) + (d * cfg.d_ff + d)
-        total = cfg.vocab_size * d + cfg.context_length * d + L * per_block + 2 * d
-        assert abs(total / 1e6 - millions) / millions < 0.35, (name, total)
+        with torch.device("meta"):
+            num_params = SlimLM(SlimLMConfig.preset(name)).num_params()
+        # 1b is MPT-1B's shape, 1.31B with this vocabulary: hence the slack.
+        assert abs(num_params / 1e6 - millions) / millions < 0.35, (name, num_params)
     assert replace(SlimLMConfig.preset("tiny"), num_layers=3).num_layers == 3
+    with pytest.raises(ValueError):
+        SlimLMConfig.preset("tiny", num_heads=5)

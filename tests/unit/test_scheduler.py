@@ -3,11 +3,17 @@ deterministic groups, finishing. No runtime needed: the tests play its part."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+
+from slmd.cache.prefix_cache import CacheConfig
 
 from slmd.request import FinishReason, Priority, Request, RequestStatus, SamplingParams
 from slmd.runtime.base import StepOutput
-from slmd.scheduler.scheduler import QueueFull, Scheduler, SchedulerConfig
+from slmd.scheduler import ops as O
+from slmd.scheduler.admission import Rejected
+from slmd.scheduler.scheduler import Scheduler, SchedulerConfig
 
 EOS = 0
 
@@ -18,8 +24,14 @@ def mk(rid: str, n_prompt: int, *, prio=Priority.NORMAL, app="a", max_tokens=4, 
 
 
 def sched(**kw) -> Scheduler:
+    kw.setdefault("cache", CacheConfig(enabled=False))
     return Scheduler(SchedulerConfig(**{"num_sequences": 4, "step_token_budget": 8, "context_per_sequence": 64, **kw}),
                      is_eog=lambda t: t == EOS)
+
+
+def started(out) -> list[Request]:
+    opened = {o.seq_id for o in out.ops if isinstance(o, O.Open)}
+    return [w.request for w in out.work if w.request.seq_id in opened]
 
 
 def sample_all(out, token=7) -> StepOutput:
@@ -70,9 +82,9 @@ def test_priority_classes_first_then_app_turns():
     order = []
     while s.has_work:
         out = s.schedule()
-        order += [r.request_id for r in out.started]
+        order += [r.request_id for r in started(out)]
         s.update(out, sample_all(out, token=EOS))
-        for r in s.take_finished():
+        for r in s.take_finished()[0]:
             assert r.finish_reason == FinishReason.STOP
     assert order == ["ui", "n1", "n3", "n2", "bg0", "bg1", "bg2"]
 
@@ -87,7 +99,7 @@ def test_deterministic_requests_get_their_own_group_and_fixed_chunks():
     # a shares the common decode; b gets one of its own with a full chunk of 8
     # although only 5 tokens of budget were left; that overdraw makes c wait
     assert [[n for _, n in g] for g in groups] == [[3], [8]]
-    assert [r.request_id for r in out.started] == ["a", "b"]
+    assert [r.request_id for r in started(out)] == ["a", "b"]
 
 
 def test_finish_on_max_tokens_and_context():
@@ -97,7 +109,7 @@ def test_finish_on_max_tokens_and_context():
     while s.has_work:
         out = s.schedule()
         s.update(out, sample_all(out))
-    done = {r.request_id: r for r in s.take_finished()}
+    done = {r.request_id: r for r in s.take_finished()[0]}
     assert done["len"].output_ids == [7, 7] and done["len"].status == RequestStatus.FINISHED_LENGTH
     assert done["ctx"].num_tokens == 8 and done["ctx"].finish_reason == FinishReason.LENGTH
 
@@ -106,30 +118,55 @@ def test_queue_bound_and_abort_frees_sequence():
     s = sched(num_sequences=1, max_waiting=2)
     s.add(mk("r1", 2))
     s.add(mk("r2", 2))
-    with pytest.raises(QueueFull, match="max_waiting=2"):
+    with pytest.raises(Rejected, match="max_waiting=2"):
         s.add(mk("r3", 2))
     out = s.schedule()
-    assert [r.request_id for r in out.started] == ["r1"]
+    assert [r.request_id for r in started(out)] == ["r1"]
     s.finish("r1", RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, "cancelled")
     s.update(out, sample_all(out))  # a finished request's step result is ignored
-    [r1] = s.take_finished()
+    [r1], _ = s.take_finished()
     assert r1.output_ids == []
     out = s.schedule()
-    assert [r.request_id for r in out.started] == ["r2"] and out.started[0].seq_id == r1.seq_id
+    assert [r.request_id for r in started(out)] == ["r2"] and started(out)[0].seq_id == r1.seq_id
 
 
 def test_failed_sequence_finishes_with_error():
     s = sched()
     s.add(mk("r", 2))
     out = s.schedule()
-    s.update(out, StepOutput(failed={out.started[0].seq_id: "no KV cache slot"}))
-    [r] = s.take_finished()
+    s.update(out, StepOutput(failed={started(out)[0].seq_id: "no KV cache slot"}))
+    [r], _ = s.take_finished()
     assert r.status == RequestStatus.FINISHED_ERROR and r.error == "no KV cache slot"
 
 
 def test_expired_deadlines():
     s = sched()
     r = mk("r", 2)
-    r.deadline = 10.0
+    r.deadline = time.monotonic() + 100
     s.add(r)
-    assert s.expired(9.0) == [] and s.expired(10.0) == [r]
+    assert s.expired(r.deadline - 1) == [] and s.expired(r.deadline) == [r]
+
+
+def test_deadline_shorter_than_predicted_ttft_is_rejected_at_once():
+    s = sched()
+    s.cost.prefill_tps = 100.0  # measured speed: 100 tokens/s
+    s.add(mk("big", 50))  # 0.5 s of prefill queued ahead
+    r = mk("late", 10)
+    r.deadline = time.monotonic() + 0.3
+    with pytest.raises(Rejected, match="predicted time to first token 0.60s"):
+        s.add(r)
+    r.deadline = time.monotonic() + 5
+    s.add(r)
+
+
+def test_prefill_only_request_finishes_without_sampling():
+    s = sched(step_token_budget=8)
+    s.add(Request("warm", list(range(1, 13)), SamplingParams(max_tokens=0)))
+    steps = 0
+    while s.has_work:
+        out = s.schedule()
+        assert not any(w.sample for g in out.batch.groups for w in g)
+        s.update(out, StepOutput())
+        steps += 1
+    [r], _ = s.take_finished()
+    assert steps == 2 and r.num_computed_tokens == 12 and r.output_ids == [] and r.finish_reason == FinishReason.LENGTH

@@ -85,6 +85,13 @@ class AsyncClient:
         return self._connect()[0]
 
     @property
+    def documents(self):
+        """Document assistance (summaries, questions, answers): see `slmd_client.documents`."""
+        from slmd_client.documents import AsyncDocuments
+
+        return AsyncDocuments(self)
+
+    @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata (token, app name) for calls made on `channel` directly."""
         return self._settings.metadata

@@ -81,6 +81,13 @@ class Client:
         return self._channel
 
     @property
+    def documents(self):
+        """Document assistance (summaries, questions, answers): see `slmd_client.documents`."""
+        from slmd_client.documents import Documents
+
+        return Documents(self)
+
+    @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata (token, app name) for calls made on `channel` directly."""
         return self._settings.metadata

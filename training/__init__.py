@@ -1,0 +1,1 @@
+"""SlimLM training pipeline: model, data, training, evaluation and GGUF export."""
