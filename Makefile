@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 TINY   := build/models/tiny-q4_0.gguf
 
-.PHONY: install run test model tiny-model proto proto-check bench clean
+.PHONY: install run test model tiny-model proto proto-check bench clean deb wheels deb-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ tiny-model: $(TINY)
 run: model
 	$(BIN)/slmd serve $(ARGS)
 
-test: model tiny-model
+test: model tiny-model deb-tools
 	SLMD_REQUIRE_MODELS=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 proto: install
@@ -45,6 +45,20 @@ proto-check: install
 
 bench: model
 	$(BIN)/python benchmarks/engine.py
+
+# The Debian package (build/deb/) and the wheels + sdists of both packages (dist/).
+deb: install deb-tools
+	packaging/deb/build.sh
+
+wheels: install
+	packaging/build-wheels.sh
+
+# tests/packaging builds and installs the .deb: dpkg-deb, Debian's python3 with
+# venv, and systemd-analyze for the unit checks. Installed only where missing.
+deb-tools:
+	@if ! { command -v dpkg-deb && command -v systemd-analyze && /usr/bin/python3 -c 'import ensurepip'; } >/dev/null 2>&1 \
+	    && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq dpkg-dev python3 python3-venv systemd; fi
 
 clean:
 	rm -rf build .pytest_cache

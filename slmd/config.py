@@ -62,6 +62,10 @@ class CacheSection(_Section):
 
 
 class AppSection(_Section):
+    # who this app is (any that are set must all match the caller's peer credentials)
+    uids: list[int] = Field(default_factory=list)
+    gids: list[int] = Field(default_factory=list)
+    exe: list[str] = Field(default_factory=list)  # glob patterns on the caller's executable path
     weight: float = Field(1.0, gt=0, le=1000)
     max_priority: Literal["background", "normal", "interactive"] = "interactive"
     default_priority: Literal["background", "normal", "interactive"] = "normal"
@@ -92,7 +96,9 @@ class ServerConfig(_Section):
 
 class AuthConfig(_Section):
     tokens: dict[str, str] = Field(default_factory=dict)  # token -> app id; mandatory on TCP
-    unix_default_app: str | None = "local"  # app of Unix-socket callers without a token; None = refuse
+    peer_credentials: bool = True  # identify Unix-socket callers by SO_PEERCRED (see server/front.py)
+    unknown_callers: Literal["uid", "default", "deny"] = "uid"  # no `apps` rule matches: uid-<uid>, the default app, or refuse
+    unix_default_app: str | None = "local"  # the default app (also used when peer_credentials is off)
 
 
 class LogConfig(_Section):

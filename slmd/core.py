@@ -186,7 +186,15 @@ class Engine:
         rt, sched = self.runtime, self.scheduler
         for op in ops:
             if isinstance(op, O.Open):
-                rt.open(op.seq_id, op.sampling, op.replay)
+                try:
+                    rt.open(op.seq_id, op.sampling, op.replay)
+                except Exception as e:  # this request's sampler only: the others go on
+                    log.exception("could not set up sampling for %s", op.request_id)
+                    req = sched.get(op.request_id)
+                    if req is not None:
+                        req.error_kind = ErrorKind.INTERNAL
+                        sched.finish(op.request_id, RequestStatus.FINISHED_ERROR, FinishReason.ERROR,
+                                     f"sampler set-up failed: {type(e).__name__}")
             elif isinstance(op, O.Release):
                 rt.release(op.seq_id)
             elif isinstance(op, O.Copy):

@@ -16,6 +16,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 export PYTHONPATH="$root:$root/clients/python:$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 SLMD_DATA_DIR="$DATA"
 mkdir -p "$OUT"
+# The image's numpy, imported before llama_cpp (slmd does), loads a libstdc++
+# that the CUDA build's tokenizer code then crashes in (segfault in
+# init_tokenizer); the system one, loaded first, is what the build linked.
+[ -e /lib/x86_64-linux-gnu/libstdc++.so.6 ] && export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import llama_cpp as L, slmd; print('llama_cpp', L.__version__, 'gpu offload', L.llama_supports_gpu_offload())"
 status=0

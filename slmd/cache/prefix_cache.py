@@ -55,6 +55,10 @@ class Hit:
         return h.seq_id if isinstance(h, DeviceKV) else None
 
     @property
+    def exact(self) -> int:
+        return self.source.holder.exact
+
+    @property
     def host_data(self) -> bytes | None:
         h = self.source.holder
         return h.data if isinstance(h, HostKV) else None
@@ -109,13 +113,13 @@ class PrefixCache:
 
     # ---- inserting --------------------------------------------------------
 
-    def insert(self, tokens: list[int], namespace: str, seq_id: int, priority: int = 0) -> list[int]:
+    def insert(self, tokens: list[int], namespace: str, seq_id: int, priority: int = 0, exact: int = 0) -> list[int]:
         """Offer a finished sequence's stream as a holder of `tokens`. Returns
         the device sequence ids the caller must release (the offered one when
         it adds nothing, or older holders it makes redundant)."""
         if not self.cfg.enabled or len(tokens) < self.cfg.min_tokens:
             return [seq_id]
-        _, redundant = self._tree(namespace).insert(tokens, DeviceKV(seq_id), priority)
+        _, redundant = self._tree(namespace).insert(tokens, DeviceKV(seq_id, exact), priority)
         out = []
         for h in redundant:
             if isinstance(h, DeviceKV):
@@ -150,12 +154,12 @@ class PrefixCache:
         ns, node = victims[0]
         self.stats.evictions_device += 1
         seq = node.holder.seq_id
-        node.holder = PendingSave(seq)  # out of reach until `demote` or `drop`
+        node.holder = PendingSave(seq, node.holder.exact)  # out of reach until `demote` or `drop`
         return ns, node, seq
 
     def demote(self, ns: str, node: Node, data: bytes) -> None:
         """The device holder's state now lives in host memory."""
-        node.holder = HostKV(data, node.depth)
+        node.holder = HostKV(data, node.depth, node.holder.exact)
         self.stats.saves += 1
         self.stats.host_bytes += len(data)
         while self.stats.host_bytes > self.cfg.host_bytes:

@@ -18,12 +18,17 @@ from typing import Iterator, Union
 @dataclass
 class DeviceKV:
     seq_id: int
+    # leading tokens whose KV was computed exactly as a cold solo run computes
+    # them (deterministic requests, chunk-aligned); only these serve
+    # deterministic requests, whose output must equal a cold run bit for bit
+    exact: int = 0
 
 
 @dataclass
 class HostKV:
     data: bytes
     num_tokens: int
+    exact: int = 0
 
     @property
     def num_bytes(self) -> int:
@@ -35,6 +40,7 @@ class PendingSave:
     """A device holder on its way to the host tier: not matchable, not evictable."""
 
     seq_id: int
+    exact: int = 0
 
 
 Holder = Union[DeviceKV, HostKV, PendingSave]
@@ -101,10 +107,16 @@ class RadixTree:
             if n < len(child.key):
                 break
             node = child
-        if deepest is None:
-            return Match(0, None, None)
-        source = self._any_holder(deepest)
-        return Match(pos if source else 0, deepest, source)
+        # the deepest node whose subtree still holds KV serves the match (a
+        # holder on its way to the host tier leaves only its ancestors usable)
+        node, length = deepest, pos
+        while node is not None and node is not self.root:
+            source = self._any_holder(node)
+            if source is not None:
+                return Match(length, node, source)
+            node = node.parent
+            length = node.depth if node is not None else 0
+        return Match(0, None, None)
 
     def _any_holder(self, node: Node) -> Node | None:
         """Prefer a device holder (copy) over a host one (restore)."""

@@ -73,7 +73,7 @@ _SUGGEST = re.compile(
     r"\bquestions?\b.{0,40}\b(ask|could|should|might|to explore|worth|for (?:a |the )?(?:quiz|discussion|review))"
     r"|\b(suggest|generate|propose|give me|list|write|come up with|brainstorm|draft|prepare|create|make)\b.{0,40}"
     r"\b(questions?|quiz|faqs?)\b"
-    r"|\bwhat (?:should|could|can) (?:i|we) ask\b|\bquiz me\b|\bfaq\b", _FLAGS)
+    r"|\bwhat (?:should|could|can) (?:i|we) (?:be )?ask|\bquiz me\b|\bfaq\b", _FLAGS)
 _SUMMARIZE = re.compile(
     r"\bsumm(?:ar|er)i[sz]e|\bsummary\b|\bsummari[sz]ation\b|\btl;? ?dr\b|\bgist\b|\boverview\b|\brecap\b"
     r"|\b(main|key|important|major) (points|ideas|takeaways|findings|messages)\b|\btakeaways\b"
@@ -87,7 +87,7 @@ _OTHER = re.compile(
     r"|\bformat (?:it|this|that) as\b"
     r"|\b(write|draft|compose)\b.{0,20}\b(email|e-mail|letter|poem|tweet|post|story|song|reply|response|memo)\b"
     r"|\b(joke|weather|hello|hi there|thank(?:s| you)|good morning)\b|\bconvert\b|\bturn (?:it|this) into\b"
-    r"|\bmake (?:it|this) (?:more )?(?:formal|casual|polite|funny|friendly)\b"
+    r"|\bmake (?:it|this) (?:sound )?(?:more )?(?:formal|casual|polite|funny|friendly)\b"
     r"|\bfix (?:the )?(?:typos|spelling|grammar)\b", _FLAGS)
 _QUESTION_START = re.compile(
     r"^\s*(who|whom|whose|what|when|where|which|why|how|is|are|was|were|does|do|did|can|could|will|would|"

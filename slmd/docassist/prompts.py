@@ -105,6 +105,9 @@ def answer_instruction(question: str) -> str:
 
 
 ANSWER_MAX_TOKENS = 128
+# Greedy decoding of a 135M model loops easily ("de la rue de la rue ..."); a
+# mild penalty is the default for the free-text tasks (not under a grammar).
+REPETITION_PENALTY = 1.1
 OTHER_MAX_TOKENS = 192
 
 

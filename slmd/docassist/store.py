@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from slmd.docassist.chunking import ChunkedDocument
 from slmd.docassist.formats import DocFormat
@@ -35,6 +36,7 @@ class StoredDocument:
     doc: PreparedDocument
     last_used: float = field(default_factory=time.monotonic)
     on_close: Callable[[], None] | None = None  # e.g. cancel the warm-up prefill
+    warmup: Any = None  # the asyncio.Task prefilling the prefix, while it runs
 
 
 class DocumentStore:

@@ -28,7 +28,7 @@ def build_chain(vocab, sp: SamplingParams):
             raise SamplerError("grammar does not parse")
         add(g)
     if sp.repetition_penalty != 1.0:
-        add(L.llama_sampler_init_penalties(PENALTY_LAST_N, sp.repetition_penalty, 0.0, 0.0))
+        add(L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(vocab), PENALTY_LAST_N, sp.repetition_penalty, 0.0, 0.0))
     if sp.temperature <= 0.0:
         add(L.llama_sampler_init_greedy())
         return chain

@@ -15,6 +15,7 @@ from slmd.request import SamplingParams
 class Open:
     seq_id: int
     sampling: SamplingParams
+    request_id: str = ""
     replay: tuple[int, ...] = ()  # output tokens to feed the new sampler (a resumed request)
 
 

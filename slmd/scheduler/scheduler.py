@@ -124,7 +124,7 @@ class Scheduler:
                 release = [req.seq_id]
             else:
                 tokens = req.all_ids[: req.num_computed_tokens]
-                release = self.cache.insert(tokens, req.namespace, req.seq_id, int(req.priority))
+                release = self.cache.insert(tokens, req.namespace, req.seq_id, int(req.priority), self._exact_len(req))
             for seq in release:
                 ops.append(O.Release(seq))
                 self._free_seq_ids.append(seq)
@@ -150,38 +150,42 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         budget = self.cfg.step_token_budget
-        shared: list[SeqWork] = []
-        solo: list[tuple[SeqWork, ...]] = []
         out = SchedulerOutput(StepBatch(()), [], [])
-
-        def put(req: Request, num: int) -> None:
-            start = req.num_computed_tokens
-            sample = start + num == req.num_tokens and req.sampling.max_tokens > 0
-            w = SeqWork(req.seq_id, req.all_ids[start : start + num], start, sample)
-            (solo.append((w,)) if req.deterministic else shared.append(w))
-            out.work.append(ScheduledWork(req, num, sample, req.num_pending_tokens > 1 or not req.output_ids))
+        planned: dict[str, tuple[Request, int]] = {}  # request id -> (request, tokens this step)
 
         for req in sorted(self.running, key=lambda r: (-r.priority, r.num_pending_tokens)):
             if budget <= 0:
                 break
             num = self._chunk(req, budget)
             budget -= num
-            put(req, num)
+            planned[req.request_id] = (req, num)
 
         while budget > 0 and len(self.waiting):
             req = self.waiting.peek()
             # match first: the hit's source is locked, so making room cannot evict it
             hit = self._match(req)
-            if not self._make_room(req, out.ops):
+            preempted = self._make_room(req, out.ops)
+            if preempted is None:
                 if hit is not None:
                     self.cache.release_hit(hit)
                 break
+            for victim in preempted:  # its planned work is off: refund the budget
+                _, num = planned.pop(victim.request_id, (None, 0))
+                budget += num
             self.waiting.pop()
             self._start(req, out, hit)
             num = self._chunk(req, budget)
             budget -= num
-            put(req, num)
+            planned[req.request_id] = (req, num)
 
+        shared: list[SeqWork] = []
+        solo: list[tuple[SeqWork, ...]] = []
+        for req, num in planned.values():
+            start = req.num_computed_tokens
+            sample = start + num == req.num_tokens and req.sampling.max_tokens > 0
+            w = SeqWork(req.seq_id, req.all_ids[start : start + num], start, sample)
+            (solo.append((w,)) if req.deterministic else shared.append(w))
+            out.work.append(ScheduledWork(req, num, sample, req.num_pending_tokens > 1 or not req.output_ids))
         out.batch = StepBatch(((tuple(shared),) if shared else ()) + tuple(solo))
         return out
 
@@ -192,16 +196,22 @@ class Scheduler:
             return min(req.num_pending_tokens, self.cfg.step_token_budget)
         return min(req.num_pending_tokens, budget)
 
-    def _make_room(self, req: Request, ops: list[O.Op]) -> bool:
-        """A running slot and a KV stream for `req`, preempting lower classes if need be."""
+    def _make_room(self, req: Request, ops: list[O.Op]) -> list[Request] | None:
+        """A running slot and a KV stream for `req`, preempting lower classes if
+        need be. Returns the preempted requests, or None if there is no room."""
         if req.seq_id is None and not self._free_seq_ids:
             self._evict_cache_holder(ops)
-        while len(self.running) >= self.max_running or (req.seq_id is None and not self._free_seq_ids):
-            victim = self._victim(req.priority)
-            if victim is None:
-                return False
-            self._preempt(victim, ops, need_stream=req.seq_id is None and not self._free_seq_ids)
-        return True
+        need_stream = req.seq_id is None and not self._free_seq_ids
+        need = max(len(self.running) - self.max_running + 1, 1 if need_stream else 0)
+        if need <= 0:
+            return []
+        lower = sorted((r for r in self.running if r.priority < req.priority),
+                       key=lambda r: (r.priority, -r.arrival_time))
+        if len(lower) < need:
+            return None  # not enough lower-class work to make room: nobody is paused for nothing
+        for i, victim in enumerate(lower[:need]):
+            self._preempt(victim, ops, need_stream=need_stream and i == 0)
+        return lower[:need]
 
     def _evict_cache_holder(self, ops: list[O.Op]) -> bool:
         picked = self.cache.evict_device()
@@ -221,10 +231,6 @@ class Scheduler:
             return True
         return self.cost.save_beats_recompute(num_tokens, self.cfg.kv_bytes_per_token)
 
-    def _victim(self, priority: Priority) -> Request | None:
-        lower = [r for r in self.running if r.priority < priority]
-        return max(lower, key=lambda r: (-r.priority, r.arrival_time), default=None)
-
     def _preempt(self, victim: Request, ops: list[O.Op], *, need_stream: bool) -> None:
         """Pause `victim`. Its KV stays in its stream unless the stream is needed;
         then it is saved to host memory or dropped for recompute, by cost."""
@@ -242,10 +248,28 @@ class Scheduler:
             victim.seq_id = None
         self.waiting.push(victim, front=True)
 
+    def _exact_len(self, req: Request) -> int:
+        """Tokens of a finished request's KV computed as a cold solo run would:
+        a deterministic request's prompt, in whole aligned chunks."""
+        if not req.deterministic:
+            return 0
+        c = self.cfg.step_token_budget
+        return min(req.num_computed_tokens, req.num_prompt_tokens) // c * c
+
     def _match(self, req: Request) -> Hit | None:
         if req.seq_id is not None or req.saved_state is not None or req.num_computed_tokens:
             return None  # resuming with its own KV
-        return self.cache.match(req.all_ids, req.namespace, max_tokens=req.num_tokens - 1, priority=int(req.priority))
+        hit = self.cache.match(req.all_ids, req.namespace, max_tokens=req.num_tokens - 1, priority=int(req.priority))
+        if hit is None or not req.deterministic:
+            return hit
+        # Deterministic: only exact KV, cut at a chunk boundary, so the rest is
+        # prefilled in the same chunks as a cold run.
+        c = self.cfg.step_token_budget
+        n = min(hit.num_tokens, hit.exact) // c * c
+        self.cache.release_hit(hit)
+        if n == 0:
+            return None
+        return self.cache.match(req.all_ids, req.namespace, max_tokens=n, priority=int(req.priority))
 
     def _start(self, req: Request, out: SchedulerOutput, hit: Hit | None) -> None:
         resumed = req.status == RequestStatus.PREEMPTED
@@ -255,7 +279,7 @@ class Scheduler:
         if req.seq_id is not None:  # paused with its KV in place
             return
         req.seq_id = self._free_seq_ids.pop()
-        out.ops.append(O.Open(req.seq_id, req.sampling, tuple(req.output_ids) if resumed else ()))
+        out.ops.append(O.Open(req.seq_id, req.sampling, req.request_id, tuple(req.output_ids) if resumed else ()))
         if req.saved_state is not None:
             out.ops.append(O.Restore(req.saved_state, req.seq_id, req.num_computed_tokens))
             req.saved_state = None

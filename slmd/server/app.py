@@ -32,7 +32,8 @@ from slmd.docassist.prompts import PromptLayout
 from slmd.server.admin import AdminServicer
 from slmd.server.documents import DocumentsServicer
 from slmd.server.generation import GenerationServicer
-from slmd.server.identity import IdentityResolver
+from slmd.server.front import PeerFront, private_socket_path
+from slmd.server.identity import IdentityResolver, PeerRule
 from slmd.server.policies import AppPolicies
 from slmd.server.registry import register
 from slmd.tokenizer import Tokenizer
@@ -53,6 +54,7 @@ class Daemon:
     runtime: LlamaRuntime
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    front: PeerFront | None = None
 
 
 def build(cfg: Config) -> Daemon:
@@ -77,7 +79,13 @@ def build(cfg: Config) -> Daemon:
                           policy=EvictionPolicy(cfg.cache.policy),
                           sharing_groups={g: tuple(a) for g, a in cfg.cache.sharing_groups.items()}),
     ), policies.get)
-    identity = IdentityResolver(cfg.auth.tokens, cfg.auth.unix_default_app)
+    front = None
+    if cfg.auth.peer_credentials:
+        path = str(cfg.server.socket_path.absolute())
+        front = PeerFront(path, private_socket_path(path))
+    rules = tuple(PeerRule(name, tuple(a.uids), tuple(a.gids), tuple(a.exe)) for name, a in cfg.apps.items())
+    identity = IdentityResolver(cfg.auth.tokens, cfg.auth.unix_default_app, rules=rules,
+                                unknown_callers=cfg.auth.unknown_callers, front=front)
     limits = convert.Limits(eng.max_tokens_default, eng.max_tokens_limit, eng.max_prompt_bytes, info.n_vocab)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
@@ -91,7 +99,7 @@ def build(cfg: Config) -> Daemon:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
-    return Daemon(cfg, engine, runtime, server, health_servicer)
+    return Daemon(cfg, engine, runtime, server, health_servicer, front)
 
 
 def _prepare_socket(path: Path) -> None:
@@ -109,23 +117,32 @@ def _prepare_socket(path: Path) -> None:
 
 
 def _listen(d: Daemon) -> list[str]:
+    """Bind gRPC (behind the front when peer credentials are on). Sockets are
+    created by bind() under a umask that makes them 0660 from the first
+    instant; a chmod afterwards would leave a window."""
     cfg = d.cfg.server
     path = cfg.socket_path.absolute()
-    _prepare_socket(path)
-    # The socket is created by bind() inside grpc; the umask makes it 0660 from
-    # the first instant (a chmod afterwards would leave a window).
     old = os.umask(0o117)
     try:
-        d.server.add_insecure_port(f"unix:{path}")
+        d.server.add_insecure_port(f"unix:{d.front.inner_path if d.front else path}")
     finally:
         os.umask(old)
     addrs = [f"unix:{path}"]
-    if cfg.socket_group:
-        os.chown(path, -1, grp.getgrnam(cfg.socket_group).gr_gid)
     if cfg.tcp.port:
         port = d.server.add_insecure_port(f"{cfg.tcp.host}:{cfg.tcp.port}")
         addrs.append(f"{cfg.tcp.host}:{port}")
     return addrs
+
+
+async def _start_front(d: Daemon) -> None:
+    if d.front is not None:
+        old = os.umask(0o117)
+        try:
+            await d.front.start()
+        finally:
+            os.umask(old)
+    if d.cfg.server.socket_group:
+        os.chown(d.cfg.server.socket_path, -1, grp.getgrnam(d.cfg.server.socket_group).gr_gid)
 
 
 async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
@@ -134,6 +151,7 @@ async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
     d.engine.start()
     addrs = _listen(d)
     await d.server.start()
+    await _start_front(d)
     await d.health.set("", health_pb2.HealthCheckResponse.SERVING)
     for s in SERVICES:
         await d.health.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
@@ -152,11 +170,17 @@ async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
     log.info("stopping: draining in-flight requests (grace %.1f s)", cfg.server.shutdown_grace_seconds)
     _notify_systemd("STOPPING=1")
     await d.health.enter_graceful_shutdown()
+    if d.front is not None:
+        await d.front.stop()  # no new connections; open ones keep draining through the relay
     await d.server.stop(cfg.server.shutdown_grace_seconds)
     await loop.run_in_executor(None, d.engine.stop, 5.0)
     d.runtime.close()
     with contextlib.suppress(FileNotFoundError):
         cfg.server.socket_path.unlink()
+    if d.front is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(d.front.inner_path)
+            os.rmdir(os.path.dirname(d.front.inner_path))
     log.info("stopped")
     return 0
 

@@ -157,6 +157,11 @@ class DocumentsServicer:
             if entry is None:
                 raise RpcError(grpc.StatusCode.NOT_FOUND, f"{field}.document_id: no open document "
                                f"{source.document_id[:64]!r} for this app (closed, expired or never opened)")
+            if entry.warmup is not None and not entry.warmup.done():
+                # Wait for the prefix prefill rather than run a second one beside it: the
+                # cache only holds the prefix once that prefill ends. (asyncio.wait never
+                # cancels the warm-up when this caller goes away.)
+                await asyncio.wait({entry.warmup})
             return entry.doc
         if which is None:
             raise invalid(f"{field}: set document_id, text or file")
@@ -175,7 +180,7 @@ class DocumentsServicer:
         task = asyncio.create_task(self._warm(entry.document_id, ident.app_id, doc, prio))
         self._warmups.add(task)
         task.add_done_callback(self._warmups.discard)
-        entry.on_close = task.cancel
+        entry.on_close, entry.warmup = task.cancel, task
         return pb.OpenDocumentResponse(document_id=entry.document_id, info=_info(doc),
                                        expires_in_seconds=self.cfg.document_ttl_seconds)
 
@@ -206,9 +211,12 @@ class DocumentsServicer:
         if sp.json_schema or sp.grammar:
             raise invalid("sampling: json_schema and grammar are not accepted by document tasks")
         params = convert.sampling(sp, self.limits, json_to_gbnf=json_schema_to_gbnf)
+        defaults: dict = {"grammar": grammar}
         if not sp.HasField("max_tokens"):
-            params = dataclasses.replace(params, max_tokens=max_tokens)
-        return dataclasses.replace(params, grammar=grammar)
+            defaults["max_tokens"] = max_tokens
+        if not sp.HasField("repetition_penalty") and grammar is None:
+            defaults["repetition_penalty"] = prompts.REPETITION_PENALTY
+        return dataclasses.replace(params, **defaults)
 
     async def _run(self, ids: list[int], sampling: SamplingParams, app_id: str, prio: Priority,
                    context) -> AsyncIterator[RequestOutput]:
@@ -272,7 +280,11 @@ class DocumentsServicer:
 
     async def _questions(self, doc: PreparedDocument, n: int, sp: common_pb2.SamplingParams, app_id: str,
                          prio: Priority, context) -> tuple[list[str], RequestOutput]:
-        sampling = self._sampling(sp, prompts.questions_max_tokens(n), grammar=self._questions_grammar(n))
+        # The token cap comes from the grammar's bound, never the caller: a cut list would not parse.
+        capped = common_pb2.SamplingParams()
+        capped.CopyFrom(sp)
+        capped.ClearField("max_tokens")
+        sampling = self._sampling(capped, prompts.questions_max_tokens(n), grammar=self._questions_grammar(n))
         ids = doc.prefix_ids + self.layout.suffix_ids(prompts.questions_instruction(n))
         parts, last = [], None
         async for out in self._run(ids, sampling, app_id, prio, context):

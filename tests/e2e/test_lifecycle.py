@@ -150,9 +150,11 @@ async def test_tcp_with_the_right_token(daemon, tcp_port):
 
 
 def test_unix_socket_identity(daemon):
-    """On the socket a token selects the app; without one the caller is the
-    default app; an unknown token is refused rather than ignored."""
-    assert _status(daemon.target).app_id == "local"
+    """On the socket a token selects the app; without one the caller is who
+    the kernel says it is (its uid, no `apps` rule matching); a client-sent
+    app name is ignored; an unknown token is refused rather than ignored."""
+    assert _status(daemon.target).app_id == f"uid-{os.getuid()}"
+    assert _status(daemon.target, (("x-slmd-app", "app-a"),)).app_id == f"uid-{os.getuid()}"
     assert _status(daemon.target, (("authorization", f"Bearer {GOOD_TOKEN}"),)).app_id == APP
     with pytest.raises(grpc.RpcError) as info:
         _status(daemon.target, (("authorization", "Bearer wrong-token"),))
