@@ -35,7 +35,12 @@ def machine() -> str:
 
 
 def command() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    argv = list(sys.argv)
+    try:  # the script relative to the repository (`-m` gives an absolute path that names this machine)
+        argv[0] = str(Path(argv[0]).resolve().relative_to(RESULTS.parent.parent))
+    except ValueError:
+        pass
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *argv])
 
 
 def corpus_text() -> str:

@@ -30,6 +30,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                    help="decode every request alone (greedy output equals a solo run)")
     p.add_argument("--log-level", dest="log.level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-json", dest="log.json_format", action="store_const", const=True)
+    p.add_argument("--metrics-port", dest="metrics.port", type=int, help="Prometheus /metrics on loopback (0 = off)")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -69,9 +70,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from slmd_client import Client
+    from slmd_client.status_types import render
 
     with Client(args.socket) as c:
-        print(json.dumps(c.status().to_dict(), indent=2))
+        status = c.status()
+    print(json.dumps(status.to_dict(), indent=2) if args.json else "\n".join(render(status)))
     return 0
 
 
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("status", help="ask a running daemon for its status")
     p.add_argument("--socket", default=None)
+    p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_status)
     return parser
 

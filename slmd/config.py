@@ -101,6 +101,26 @@ class AuthConfig(_Section):
     unix_default_app: str | None = "local"  # the default app (also used when peer_credentials is off)
 
 
+class MetricsConfig(_Section):
+    """Prometheus /metrics over HTTP, on loopback only: never on the apps' socket."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)  # 0 = off
+    max_apps: int = Field(64, ge=1, le=10_000)  # distinct unconfigured app labels before "other"
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("metrics.host must be a loopback address (127.0.0.1, ::1, localhost)")
+        return v
+
+    @property
+    def is_served(self) -> bool:
+        return self.enabled and self.port > 0
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = False
@@ -135,6 +155,7 @@ class Config(_Section):
     cache: CacheSection = Field(default_factory=CacheSection)
     apps: dict[str, AppSection] = Field(default_factory=dict)  # per-app policy; "default" applies to the rest
     log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     docs: DocsConfig = Field(default_factory=DocsConfig)
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+from slmd.metrics import Metrics
 from slmd.output import TextState, feed, flush
 from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, RequestStatus
 from slmd.runtime.base import Runtime, StepOutput
@@ -50,8 +51,10 @@ class EngineStats:
 
 class Engine:
     def __init__(self, runtime: Runtime, cfg: SchedulerConfig,
-                 policy_of: Callable[[str], AppPolicy] = lambda app: AppPolicy()) -> None:
+                 policy_of: Callable[[str], AppPolicy] = lambda app: AppPolicy(),
+                 metrics: Metrics | None = None) -> None:
         self.runtime = runtime
+        self.metrics = metrics or Metrics()  # metrics hook: events pushed from this thread
         self.scheduler = Scheduler(cfg, runtime.is_eog, policy_of)
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -143,12 +146,14 @@ class Engine:
         req = msg.req
         self._sinks[req.request_id] = (msg.loop, msg.sink)
         if self._stopping.is_set():
+            self.metrics.on_rejected("shutdown")  # metrics hook
             self._reject(req, ErrorKind.SHUTDOWN, "slmd is shutting down")
             return
         try:
             self.scheduler.add(req)
         except Rejected as e:
             req.retry_after = e.retry_after
+            self.metrics.on_rejected(e.reason.value)  # metrics hook
             kind = ErrorKind.DEADLINE if e.reason == RejectReason.DEADLINE else ErrorKind.QUEUE_FULL
             self._reject(req, kind, str(e))
             return
@@ -176,6 +181,7 @@ class Engine:
             state = self._text[req.request_id]
             text = "".join(feed(state, self.runtime.token_bytes(t)) for t in upd.new_token_ids)
             self.stats.generation_tokens_total += len(upd.new_token_ids)
+            self.metrics.on_tokens(req, len(upd.new_token_ids))  # metrics hook: inter-token latency
             if state.stopped:
                 sched.finish(req.request_id, RequestStatus.FINISHED_STOPPED, FinishReason.STOP)
             self._emit(req, RequestOutput(req.request_id, text, tuple(upd.new_token_ids)))
@@ -189,7 +195,7 @@ class Engine:
                 try:
                     rt.open(op.seq_id, op.sampling, op.replay)
                 except Exception as e:  # this request's sampler only: the others go on
-                    log.exception("could not set up sampling for %s", op.request_id)
+                    log.exception("could not set up sampling", extra={"request_id": op.request_id})
                     req = sched.get(op.request_id)
                     if req is not None:
                         req.error_kind = ErrorKind.INTERNAL
@@ -206,12 +212,18 @@ class Engine:
                 sched.cost.observe_restore(len(op.data), time.perf_counter() - t0)
                 sched.cache.stats.restores += 1
             elif isinstance(op, O.Save):
-                sched.cache.demote(op.namespace, op.node, rt.save(op.seq_id))
+                sched.cache.demote(op.namespace, op.node, self._timed_save(op.seq_id))
                 rt.release(op.seq_id)
             elif isinstance(op, O.SaveRequest):
                 req = sched.get(op.request_id)
                 if req is not None:
-                    req.saved_state = rt.save(op.seq_id)
+                    req.saved_state = self._timed_save(op.seq_id)
+
+    def _timed_save(self, seq_id: int) -> bytes:
+        t0 = time.perf_counter()
+        data = self.runtime.save(seq_id)
+        self.scheduler.cost.observe_save(len(data), time.perf_counter() - t0)
+        return data
 
     def _collect_finished(self) -> None:
         done, ops = self.scheduler.take_finished()
@@ -223,6 +235,12 @@ class Engine:
             self._emit_final(req)
 
     def _emit_final(self, req: Request) -> None:
+        self.metrics.on_request_finished(req)  # metrics hook
+        log.info("request %s: %s, %d prompt (%d cached) + %d output tokens, %.3f s",
+                 req.status.name.lower(), req.finish_reason.value if req.finish_reason else "-",
+                 req.num_prompt_tokens, req.num_cached_tokens, len(req.output_ids),
+                 (req.finish_time or time.monotonic()) - req.arrival_time,
+                 extra={"request_id": req.request_id, "app_id": req.app_id})
         state = self._text.pop(req.request_id, None)
         tail = flush(state) if state is not None and req.status != RequestStatus.FINISHED_ABORTED else ""
         t_end = req.finish_time or time.monotonic()

@@ -1,5 +1,11 @@
 """Logging set-up: plain or JSON lines; llama.cpp's own log is routed into
-Python logging (at debug level) instead of spraying stderr."""
+Python logging (at debug level) instead of spraying stderr.
+
+Every line carries a request id and app id: the handling RPC's (from the
+call context, server/calls.py), or the ones the engine thread passes with
+`extra=`, or "-" outside any request. Prompt and document text is logged
+only with `extra={"content": True}`, and such records are dropped unless
+the operator enabled both `log.log_content` and debug level (privacy)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import slmd.runtime  # noqa: F401  (sets the OpenMP wait policy before llama_cpp
 import llama_cpp as L
 
 from slmd.config import LogConfig
+from slmd.server import calls
 
 _llama_log = logging.getLogger("llama.cpp")
 
@@ -26,11 +33,36 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key in ("request_id", "app_id"):
-            if hasattr(record, key):
-                doc[key] = getattr(record, key)
+            doc[key] = getattr(record, key, "-")
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
+
+
+class RequestContextFilter(logging.Filter):
+    """Stamps request_id and app_id on every record; drops content records
+    unless content logging is allowed."""
+
+    def __init__(self, allow_content: bool = False) -> None:
+        super().__init__()
+        self.allow_content = allow_content
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "content", False) and not self.allow_content:
+            return False
+        call = calls.current()
+        if not hasattr(record, "request_id"):
+            record.request_id = call.request_id if call else "-"
+        if not hasattr(record, "app_id"):
+            record.app_id = call.app_id if call else "-"
+        return True
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(app_id)s %(request_id)s] %(message)s"
+
+
+def content_allowed(cfg: LogConfig) -> bool:
+    return cfg.log_content and cfg.level == "debug"
 
 
 @L.llama_log_callback
@@ -44,7 +76,8 @@ def setup_logging(cfg: LogConfig) -> None:
     if cfg.json_format:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(RequestContextFilter(content_allowed(cfg)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())

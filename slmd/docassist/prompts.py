@@ -84,11 +84,13 @@ def questions_instruction(num_questions: int) -> str:
             f"Reply with a JSON list of {num_questions} questions.")
 
 
-# Each question: a capital letter, 8 to 120 characters without quotes,
+# Each question: a capital letter, 8 to 100 characters without quotes,
 # backslashes or question marks, then one question mark. Bounded, so the
-# whole list always fits in `questions_max_tokens`.
-_QUESTION_PATTERN = r'^[A-Z][^"?\\\n]{8,120}\?$'
-_TOKENS_PER_QUESTION = 60
+# whole list fits in `questions_max_tokens` when tokens are at least one
+# character each (text in Latin script); text that takes several byte tokens
+# per character may hit the cap, and then the complete questions are kept.
+_QUESTION_PATTERN = r'^[A-Z][^"?\\\n]{8,100}\?$'
+_TOKENS_PER_QUESTION = 106
 
 
 def questions_schema(num_questions: int) -> dict:

@@ -180,7 +180,7 @@ class LlamaRuntime:
         size = L.llama_state_seq_get_size(self.ctx, seq_id)
         buf = (ctypes.c_uint8 * size)()
         n = L.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
-        return bytes(buf[:n])
+        return ctypes.string_at(buf, n)  # (slicing a ctypes array goes byte by byte through Python ints)
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -223,17 +223,24 @@ class LlamaRuntime:
                 for w in group:
                     out.failed[w.seq_id] = why
                 continue
-            for seq_id, idx in sample_at:
-                out.sampled[seq_id] = self._sample(seq_id, idx)
+            self._sample(sample_at, out.sampled)
         out.decode_seconds = time.perf_counter() - t0
         return out
 
-    def _sample(self, seq_id: int, idx: int) -> int:
-        chain = self._chains.get(seq_id)
-        if chain is not None:
-            return int(L.llama_sampler_sample(chain, self.ctx, idx))
-        ptr = L.llama_get_logits_ith(self.ctx, idx)
-        return int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+    def _sample(self, sample_at: list[tuple[int, int]], sampled: dict[int, int]) -> None:
+        """Greedy sequences: one argmax over all output rows at once (the rows
+        of llama_get_logits follow the batch order of the flagged tokens);
+        the others through their sampler chains."""
+        if not sample_at:
+            return
+        rows = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(sample_at), self.n_vocab))
+        best = rows.argmax(axis=1)
+        for row, (seq_id, idx) in enumerate(sample_at):
+            chain = self._chains.get(seq_id)
+            if chain is None:
+                sampled[seq_id] = int(best[row])
+            else:
+                sampled[seq_id] = int(L.llama_sampler_sample(chain, self.ctx, idx))
 
     def close(self) -> None:
         for chain in self._chains.values():

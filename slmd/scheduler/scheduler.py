@@ -14,6 +14,7 @@ from typing import Callable
 from slmd.cache.prefix_cache import CacheConfig, Hit, PrefixCache
 from slmd.request import FinishReason, Priority, Request, RequestStatus
 from slmd.runtime.base import SeqWork, StepBatch, StepOutput
+from slmd.scheduler import inflight
 from slmd.scheduler import ops as O
 from slmd.scheduler.admission import AppPolicy, Rejected, RejectReason, TokenMeter, check_admission
 from slmd.scheduler.cost import CostModel
@@ -160,10 +161,23 @@ class Scheduler:
             budget -= num
             planned[req.request_id] = (req, num)
 
+        deferred: list[Request] = []
         while budget > 0 and len(self.waiting):
             req = self.waiting.peek()
             # match first: the hit's source is locked, so making room cannot evict it
             hit = self._match(req)
+            live = None
+            if self.cache.cfg.enabled and not req.deterministic and req.seq_id is None and not req.num_computed_tokens:
+                best = max(hit.num_tokens if hit else 0, self.cache.cfg.min_tokens - 1)
+                if inflight.should_wait(req, self.running, best):
+                    if hit is not None:
+                        self.cache.release_hit(hit)
+                    deferred.append(self.waiting.pop())
+                    continue
+                live = inflight.running_source(req, self.running, best)
+                if live is not None and hit is not None:
+                    self.cache.release_hit(hit)
+                    hit = None
             preempted = self._make_room(req, out.ops)
             if preempted is None:
                 if hit is not None:
@@ -173,10 +187,12 @@ class Scheduler:
                 _, num = planned.pop(victim.request_id, (None, 0))
                 budget += num
             self.waiting.pop()
-            self._start(req, out, hit)
+            self._start(req, out, hit, live)
             num = self._chunk(req, budget)
             budget -= num
             planned[req.request_id] = (req, num)
+        for req in reversed(deferred):
+            self.waiting.push(req, front=True)
 
         shared: list[SeqWork] = []
         solo: list[tuple[SeqWork, ...]] = []
@@ -271,7 +287,8 @@ class Scheduler:
             return None
         return self.cache.match(req.all_ids, req.namespace, max_tokens=n, priority=int(req.priority))
 
-    def _start(self, req: Request, out: SchedulerOutput, hit: Hit | None) -> None:
+    def _start(self, req: Request, out: SchedulerOutput, hit: Hit | None,
+               live: tuple[int, int] | None = None) -> None:
         resumed = req.status == RequestStatus.PREEMPTED
         req.status = RequestStatus.RUNNING
         req.first_scheduled_time = req.first_scheduled_time or time.monotonic()
@@ -283,6 +300,12 @@ class Scheduler:
         if req.saved_state is not None:
             out.ops.append(O.Restore(req.saved_state, req.seq_id, req.num_computed_tokens))
             req.saved_state = None
+            return
+        if live is not None:  # copy from a running stream (see inflight.py)
+            out.ops.append(O.Copy(live[0], req.seq_id, live[1]))
+            req.num_computed_tokens = live[1]
+            req.num_cached_tokens = min(live[1], req.num_prompt_tokens)
+            self.cache.stats.hit_tokens += live[1]
             return
         if hit is None:
             return

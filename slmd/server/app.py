@@ -24,6 +24,7 @@ from slmd.chat import Prompter
 from slmd.config import Config
 from slmd.cache.prefix_cache import CacheConfig, EvictionPolicy
 from slmd.core import Engine
+from slmd.metrics import Metrics
 from slmd.models import ModelError, resolve_model
 from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
@@ -55,12 +56,14 @@ class Daemon:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     front: PeerFront | None = None
+    metrics: Metrics | None = None
 
 
 def build(cfg: Config) -> Daemon:
     model_path = resolve_model(cfg.model.path, cfg.models_dir)
     tokenizer = Tokenizer.from_gguf(model_path)
     eng = cfg.engine
+    metrics = Metrics({*cfg.apps, *cfg.auth.tokens.values(), cfg.auth.unix_default_app or "local"}, cfg.metrics.max_apps)
     runtime = LlamaRuntime(RuntimeConfig(
         model_path=model_path, num_sequences=eng.streams,
         context_per_sequence=cfg.model.context_per_sequence, batch_tokens=eng.step_token_budget,
@@ -68,6 +71,7 @@ def build(cfg: Config) -> Daemon:
         kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
     ))
     info = runtime.info
+    metrics.on_model_loaded()
     log.info("model %s (%s, %.1f M params, %d sequences x %d tokens)", info.name, info.architecture,
              info.n_params / 1e6, info.num_sequences, info.context_per_sequence)
     policies = AppPolicies(cfg.apps)
@@ -78,7 +82,8 @@ def build(cfg: Config) -> Daemon:
         cache=CacheConfig(enabled=cfg.cache.enabled, min_tokens=cfg.cache.min_tokens, host_bytes=cfg.cache.host_bytes,
                           policy=EvictionPolicy(cfg.cache.policy),
                           sharing_groups={g: tuple(a) for g, a in cfg.cache.sharing_groups.items()}),
-    ), policies.get)
+    ), policies.get, metrics)
+    metrics.watch(engine)
     front = None
     if cfg.auth.peer_credentials:
         path = str(cfg.server.socket_path.absolute())
@@ -92,14 +97,14 @@ def build(cfg: Config) -> Daemon:
         ("grpc.max_send_message_length", cfg.server.max_message_bytes),
     ])
     register(server, GenerationServicer(engine, Prompter(tokenizer), limits, identity, policies,
-                                        info.context_per_sequence, eng.deterministic), SERVICES[0])
-    register(server, AdminServicer(engine, info, identity), SERVICES[1])
+                                        info.context_per_sequence, eng.deterministic), SERVICES[0], metrics)
+    register(server, AdminServicer(engine, info, identity, metrics, runtime.kv_bytes_per_token), SERVICES[1], metrics)
     register(server, DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,
-                                       info.context_per_sequence, cfg.docs, policies.priority), SERVICES[2])
+                                       info.context_per_sequence, cfg.docs, policies.priority), SERVICES[2], metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
-    return Daemon(cfg, engine, runtime, server, health_servicer, front)
+    return Daemon(cfg, engine, runtime, server, health_servicer, front, metrics)
 
 
 def _prepare_socket(path: Path) -> None:
@@ -155,6 +160,10 @@ async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
     await d.health.set("", health_pb2.HealthCheckResponse.SERVING)
     for s in SERVICES:
         await d.health.set(s.full_name, health_pb2.HealthCheckResponse.SERVING)
+    if cfg.metrics.is_served:
+        port = d.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+        if port is not None:
+            addrs.append(f"metrics http://{cfg.metrics.host}:{port}/metrics")
     log.info("slmd serving on %s", ", ".join(addrs))
     if ready_fd is not None:
         with contextlib.suppress(OSError):
@@ -175,6 +184,8 @@ async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
     await d.server.stop(cfg.server.shutdown_grace_seconds)
     await loop.run_in_executor(None, d.engine.stop, 5.0)
     d.runtime.close()
+    d.metrics.on_model_unloaded()
+    d.metrics.close()
     with contextlib.suppress(FileNotFoundError):
         cfg.server.socket_path.unlink()
     if d.front is not None:

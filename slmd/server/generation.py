@@ -4,6 +4,7 @@ It talks to the engine only through `EngineClient.stream`."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -12,10 +13,12 @@ from slmd_client._proto.slmd.v1 import common_pb2, generation_pb2
 from slmd.chat import Prompter
 from slmd.core import Engine
 from slmd.request import Request
-from slmd.server import convert
+from slmd.server import calls, convert
 from slmd.server.identity import IdentityResolver
 from slmd.server.policies import AppPolicies
 from slmd.server.status import from_kind, invalid
+
+log = logging.getLogger(__name__)
 
 _BIG_PROMPT_CHARS = 16_384  # tokenize larger prompts off the event loop
 
@@ -48,6 +51,8 @@ class GenerationServicer:
             encode = self.prompter.encode_chat_text
         else:
             raise invalid("input: set `prompt` or `chat`")
+        # content=True: dropped by the log filter unless log.log_content and debug level
+        log.debug("prompt text: %r", text, extra={"content": True})
         if len(text) > _BIG_PROMPT_CHARS:
             return await asyncio.get_running_loop().run_in_executor(None, encode, text)
         return encode(text)
@@ -69,6 +74,7 @@ class GenerationServicer:
     async def Generate(self, request, context):
         ident = self.identity.resolve(context)
         rid = convert.request_id(request.request_id)
+        calls.note_request(rid, "chat" if request.WhichOneof("input") == "chat" else None)
         sampling = convert.sampling(request.sampling, self.limits, json_to_gbnf=json_schema_to_gbnf)
         if sampling.grammar is not None:
             err = self.engine.validate_grammar(sampling.grammar)

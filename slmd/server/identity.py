@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from slmd.server import calls
 from slmd.server.front import PeerCred, PeerFront
 from slmd.server.status import RpcError
 
@@ -81,6 +82,11 @@ class IdentityResolver:
                        f"uid {cred.uid} is not granted access (no `apps` entry matches; auth.unknown_callers=deny)")
 
     def resolve(self, context: grpc.aio.ServicerContext) -> Identity:
+        ident = self._resolve(context)
+        calls.note_app(ident.app_id)  # for this call's metrics and log lines
+        return ident
+
+    def _resolve(self, context: grpc.aio.ServicerContext) -> Identity:
         peer = context.peer() or ""
         transport = "unix" if peer.startswith("unix") else "tcp"
         token = None

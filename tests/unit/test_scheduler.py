@@ -170,3 +170,57 @@ def test_prefill_only_request_finishes_without_sampling():
         steps += 1
     [r], _ = s.take_finished()
     assert steps == 2 and r.num_computed_tokens == 12 and r.output_ids == [] and r.finish_reason == FinishReason.LENGTH
+
+
+def _flood_shares(weights: dict[str, float], steps: int = 400) -> dict[str, int]:
+    from slmd.scheduler.admission import AppPolicy
+
+    s = Scheduler(SchedulerConfig(num_sequences=4, step_token_budget=32, context_per_sequence=256,
+                                  cache=CacheConfig(enabled=False)),
+                  is_eog=lambda t: False, policy_of=lambda app: AppPolicy(weight=weights[app], max_waiting=1000,
+                                                                          max_concurrent=1000))
+    served = {a: 0 for a in weights}
+    n = 0
+    for step in range(steps):
+        for app in weights:  # keep every app's queue full: a flood from each
+            while s.waiting.count(app_id=app) < 8:
+                s.add(Request(f"{app}-{n}", [1] * 12, SamplingParams(max_tokens=6), app_id=app))
+                n += 1
+        out = s.schedule()
+        for w in out.work:
+            served[w.request.app_id] += w.num_tokens
+        s.update(out, sample_all(out))
+        s.take_finished()
+    return served
+
+
+def test_fair_share_between_equal_weight_apps_within_10_percent():
+    served = _flood_shares({"a": 1.0, "b": 1.0, "c": 1.0})
+    total = sum(served.values())
+    shares = [v / total for v in served.values()]
+    assert max(shares) - min(shares) <= 0.10 * (1 / 3), served
+
+
+def test_weights_give_proportional_shares():
+    served = _flood_shares({"heavy": 2.0, "light": 1.0})
+    ratio = served["heavy"] / served["light"]
+    assert 1.7 <= ratio <= 2.3, served
+
+
+def test_concurrent_requests_on_one_document_share_its_prefill():
+    s = sched(num_sequences=4, step_token_budget=64, context_per_sequence=512, cache=CacheConfig(min_tokens=8))
+    doc = list(range(1, 201))
+    s.add(Request("q1", doc + [900, 901], SamplingParams(max_tokens=2)))
+    s.add(Request("q2", doc + [902, 903], SamplingParams(max_tokens=2)))
+    fed = {"q1": 0, "q2": 0}
+    copies = []
+    while s.has_work:
+        out = s.schedule()
+        copies += [o for o in out.ops if isinstance(o, O.Copy)]
+        for w in out.work:
+            fed[w.request.request_id] += w.num_tokens
+        s.update(out, sample_all(out))
+        s.take_finished()
+    # q2 waited for q1's document prefill, then copied it from q1's running stream
+    assert len(copies) == 1 and copies[0].num_tokens == 200
+    assert fed["q1"] == 202 + 1 and fed["q2"] == 2 + 1

@@ -284,13 +284,10 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace, client: Client) -> int:
-    values = client.status().to_dict()
-    if args.json:
-        print(json.dumps(values, indent=2))
-    else:
-        width = max(len(k) for k in values)
-        for key, value in values.items():
-            print(f"{key:<{width}}  {value}")
+    from slmd_client.status_types import render
+
+    status = client.status()
+    print(json.dumps(status.to_dict(), indent=2) if args.json else "\n".join(render(status)))
     return EXIT_OK
 
 

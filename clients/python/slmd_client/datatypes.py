@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from slmd_client._proto.slmd.v1 import admin_pb2, common_pb2, generation_pb2
+from slmd_client._proto.slmd.v1 import common_pb2, generation_pb2
 
 
 class Priority(str, enum.Enum):
@@ -163,39 +163,8 @@ class TokenCount:
         return cls(msg.num_tokens, msg.context_window, msg.max_output_tokens)
 
 
-@dataclass(frozen=True)
-class Status:
-    """The daemon's operator view (Admin.Status)."""
-
-    version: str
-    model_path: str
-    model_name: str
-    uptime_seconds: float
-    running_requests: int
-    waiting_requests: int
-    num_sequences: int
-    context_window: int
-    generated_tokens_total: int
-    prompt_tokens_total: int
-    app_id: str  # the identity the daemon derived for this caller
-    extra: dict[str, Any] = field(default_factory=dict)  # fields newer than this client
-
-    @classmethod
-    def from_proto(cls, msg: admin_pb2.StatusResponse) -> Status:
-        from google.protobuf import json_format
-
-        values = json_format.MessageToDict(
-            msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        kwargs = {name: getattr(msg, name) for name in known}
-        extra = {k: v for k, v in values.items() if k not in known}
-        return cls(**kwargs, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "extra"}
-        out.update(self.extra)
-        return out
+# The operator view lives in its own module; re-exported here for existing imports.
+from slmd_client.status_types import AppStatus, CacheStatus, MemoryStatus, QueueStatus, Status  # noqa: E402,F401
 
 
 # A chat message: {"role": ..., "content": ...}, a (role, content) pair, or
