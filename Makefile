@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 TINY   := build/models/tiny-q4_0.gguf
 
-.PHONY: install run test model tiny-model proto proto-check bench clean deb wheels deb-tools
+.PHONY: install run test model tiny-model proto proto-check bench clean deb wheels deb-tools train-tiny
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ proto-check: install
 
 bench: model
 	$(BIN)/python benchmarks/engine.py
+
+# Every training stage (training/README.md) end to end on tiny settings, a few minutes on CPU.
+train-tiny: model
+	$(BIN)/python -m training.pipeline --work build/train-tiny
 
 # The Debian package (build/deb/) and the wheels + sdists of both packages (dist/).
 deb: install deb-tools

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from slmd.memory.sources import parse_trigger
 from slmd.paths import default_data_dir, default_socket_path
 
 
@@ -72,6 +73,7 @@ class AppSection(_Section):
     max_concurrent: int = Field(64, ge=1)
     max_waiting: int = Field(64, ge=0)
     tokens_per_minute: int = Field(0, ge=0)  # 0 = unlimited
+    admin: bool = False  # may call operator RPCs (Admin.SignalMemoryPressure)
 
 
 class TcpConfig(_Section):
@@ -142,6 +144,31 @@ class DocsConfig(_Section):
     document_ttl_seconds: float = Field(3600.0, gt=0)  # after the last use
     max_questions: int = Field(10, ge=1, le=50)
     max_concurrent_ingests: int = Field(2, ge=1)  # files parsed at once (CPU and memory bound)
+    retrieval: Literal["bm25", "hybrid"] = "bm25"  # ranking of a long document's chunks (hybrid: + embeddings)
+    max_derived_bytes: int = Field(256 << 20, ge=0)  # indexes, embeddings, part summaries of all open documents
+
+
+class MemoryConfig(_Section):
+    """Memory pressure (slmd/memory/): its sources and the calm period before the level falls."""
+
+    calm_seconds: float = Field(30.0, gt=0)  # no report at a level for this long: the level falls
+    poll_seconds: float = Field(1.0, gt=0)  # polled sources (cgroup counters, budget)
+    psi: bool = True  # PSI triggers on the service cgroup's memory.pressure (else /proc/pressure/memory)
+    psi_path: Path | None = None  # override the pressure file
+    # "<some|full> <stall us> <window us>"; unprivileged triggers need a window that is a multiple of 2 s
+    psi_trigger: str = "some 150000 2000000"  # moderate
+    psi_critical_trigger: str = "full 150000 2000000"  # critical; "" = off
+    systemd: bool = True  # MEMORY_PRESSURE_WATCH / MEMORY_PRESSURE_WRITE from the service manager
+    cgroup: bool = True  # poll memory.events and memory.current against memory.high
+    cgroup_dir: Path | None = None  # override the cgroup v2 directory
+    budget_bytes: int = Field(0, ge=0)  # slmd's own RSS budget; 0 = off
+
+    @field_validator("psi_trigger", "psi_critical_trigger")
+    @classmethod
+    def _trigger(cls, v: str) -> str:
+        if v:
+            parse_trigger(v)
+        return v
 
 
 class Config(_Section):
@@ -157,6 +184,7 @@ class Config(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     docs: DocsConfig = Field(default_factory=DocsConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
     def _tcp_needs_tokens(self) -> "Config":
@@ -198,8 +226,13 @@ def env_overrides(environ: dict[str, str] | os._Environ) -> dict[str, Any]:
     """`SLMD_ENGINE__MAX_RUNNING=8` -> {"engine": {"max_running": "8"}}.
     Double underscores separate sections so keys may contain single ones."""
     dotted = {}
+    top_level = set(Config.model_fields)
     for name, value in environ.items():
         if not name.startswith("SLMD_") or name in _CLIENT_ENV:
+            continue
+        # settings are SLMD_SECTION__KEY or a top-level key (SLMD_DATA_DIR); other
+        # SLMD_* variables belong to tools and tests, not to the daemon
+        if "__" not in name and name[5:].lower() not in top_level:
             continue
         if value[:1] in "{[":  # tables and lists come as JSON: SLMD_AUTH__TOKENS='{"tok": "app"}'
             try:

@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+from slmd.memory.levels import PressureLevel
+from slmd.memory.lifecycle import Lifecycle
+from slmd.memory.model import ModelSlot
 from slmd.metrics import Metrics
 from slmd.output import TextState, feed, flush
 from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, RequestStatus
@@ -39,6 +42,11 @@ class _Abort:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Pressure:
+    level: PressureLevel
+
+
 @dataclass
 class EngineStats:
     started_at: float = field(default_factory=time.monotonic)
@@ -52,10 +60,12 @@ class EngineStats:
 class Engine:
     def __init__(self, runtime: Runtime, cfg: SchedulerConfig,
                  policy_of: Callable[[str], AppPolicy] = lambda app: AppPolicy(),
-                 metrics: Metrics | None = None) -> None:
-        self.runtime = runtime
+                 metrics: Metrics | None = None, keep_alive_seconds: float = -1) -> None:
+        # a ModelSlot (built with a factory) can be unloaded and reloaded; a bare runtime stays loaded
+        self.runtime = runtime if isinstance(runtime, ModelSlot) else ModelSlot(None, runtime)
         self.metrics = metrics or Metrics()  # metrics hook: events pushed from this thread
-        self.scheduler = Scheduler(cfg, runtime.is_eog, policy_of)
+        self.scheduler = Scheduler(cfg, self.runtime.is_eog, policy_of)
+        self.lifecycle = Lifecycle(self.runtime, self.scheduler, self.metrics, self._run_ops, keep_alive_seconds)
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -63,6 +73,7 @@ class Engine:
         self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._text: dict[str, TextState] = {}
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        self._copies_pending = False  # stream copies wait for the next llama_decode
         self._thread = threading.Thread(target=self._run, name="slmd-engine", daemon=True)
 
     # ---- called from any thread -------------------------------------------
@@ -76,6 +87,11 @@ class Engine:
 
     def abort(self, request_id: str, kind: ErrorKind = ErrorKind.CANCELLED, reason: str = "cancelled") -> None:
         self._inbox.put(_Abort(request_id, kind, reason))
+        self._wake.set()
+
+    def set_pressure(self, level: PressureLevel) -> None:
+        """Apply a memory-pressure level (slmd/memory/reactor.py) on the engine thread."""
+        self._inbox.put(_Pressure(level))
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -112,10 +128,24 @@ class Engine:
         while True:
             self._drain_inbox()
             if not self.scheduler.has_work:
+                # An abort or a refusal can leave nothing to run: deliver its
+                # final output now, not after some later step.
+                self._collect_finished()
+                self._dispatch()
                 if self._stopping.is_set():
                     break
-                self._wake.wait(0.5)
+                wait = self.lifecycle.on_idle(time.monotonic())
+                self._wake.wait(wait)
                 self._wake.clear()
+                continue
+            self.lifecycle.on_busy(time.monotonic())
+            error = self.lifecycle.before_step()
+            if error is not None:
+                for req in [*self.scheduler.running, *self.scheduler.waiting]:
+                    req.error_kind = ErrorKind.INTERNAL
+                    self.scheduler.finish(req.request_id, RequestStatus.FINISHED_ERROR, FinishReason.ERROR, error)
+                self._collect_finished()
+                self._dispatch()
                 continue
             try:
                 self._step()
@@ -135,6 +165,8 @@ class Engine:
                 return
             if isinstance(msg, _Submit):
                 self._admit(msg)
+            elif isinstance(msg, _Pressure):
+                self.lifecycle.apply(msg.level)
             else:
                 req = self.scheduler.get(msg.request_id)
                 if req is not None and not req.is_finished:
@@ -148,6 +180,12 @@ class Engine:
         if self._stopping.is_set():
             self.metrics.on_rejected("shutdown")  # metrics hook
             self._reject(req, ErrorKind.SHUTDOWN, "slmd is shutting down")
+            return
+        refusal = self.lifecycle.refuse(req)
+        if refusal is not None:
+            req.retry_after = self.lifecycle.retry_after
+            self.metrics.on_rejected("memory_pressure")  # metrics hook
+            self._reject(req, ErrorKind.QUEUE_FULL, refusal)
             return
         try:
             self.scheduler.add(req)
@@ -174,6 +212,8 @@ class Engine:
         out = sched.schedule()
         self._run_ops(out.ops)
         step = self.runtime.step(out.batch) if not out.batch.is_empty else StepOutput()
+        if not out.batch.is_empty:
+            self._copies_pending = False  # that decode ran them
         self.stats.num_steps += 1
         self.stats.prompt_tokens_total += sum(sw.num_tokens for sw in out.work if sw.is_prefill)
         for upd in sched.update(out, step):
@@ -205,7 +245,11 @@ class Engine:
                 rt.release(op.seq_id)
             elif isinstance(op, O.Copy):
                 rt.copy_prefix(op.src_seq, op.dst_seq, op.num_tokens)
+                self._copies_pending = True
             elif isinstance(op, O.Restore):
+                if self._copies_pending:  # the destination may be a pending copy's source
+                    rt.flush_copies(op.dst_seq)
+                    self._copies_pending = False
                 t0 = time.perf_counter()
                 rt.restore(op.dst_seq, op.data)
                 rt.truncate(op.dst_seq, op.num_tokens)

@@ -37,13 +37,14 @@ PRIORITIES = {p: p.name.lower() for p in Priority}
 # The intent label: an RPC's default, refined by a servicer (chat vs. prompt,
 # the intent Assist detected). Anything else is "other".
 METHOD_INTENTS = {
-    "Generate": "generate", "CountTokens": "count", "Status": "status",
+    "Generate": "generate", "CountTokens": "count", "Status": "status", "SignalMemoryPressure": "memory_pressure",
     "OpenDocument": "open_document", "CloseDocument": "close_document", "MeasureInput": "measure",
     "Summarize": "summarize", "SuggestQuestions": "suggest", "Ask": "answer", "Assist": "assist",
 }
 INTENTS = frozenset(METHOD_INTENTS.values()) | {"chat", OTHER}
-REJECT_REASONS = ("queue_full", "app_queue_full", "concurrency", "token_rate", "deadline", "shutdown")
-PRESSURE_LEVELS = ("some", "full", "critical")
+REJECT_REASONS = ("queue_full", "app_queue_full", "concurrency", "token_rate", "deadline", "shutdown",
+                  "memory_pressure")
+PRESSURE_LEVELS = ("moderate", "critical")  # slmd.memory.levels.PressureLevel labels
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)

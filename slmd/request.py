@@ -76,6 +76,7 @@ class Request:
     deterministic: bool = False
     deadline: float | None = None  # time.monotonic() by which the request must finish
     namespace: str = ""  # prefix-cache namespace, derived from the app identity by the daemon
+    keep_alive: float | None = None  # seconds the model stays loaded after this request; None: engine.keep_alive_seconds
     # Tests only: feed these tokens instead of the sampled ones and record the
     # argmax, to compare the batched path with a solo run position by position.
     teacher_ids: list[int] | None = None

@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="annotate documents with the daemon's model")
     p_build.add_argument("--target", default=None, help="daemon socket or gRPC target (default: the client's default)")
+    p_build.add_argument("--serve", type=Path, default=None, metavar="GGUF",
+                         help="start a daemon on this model for the build instead of using --target")
+    p_build.add_argument("--threads", type=int, default=0, help="with --serve: llama.cpp threads (0 = all cores)")
     p_build.add_argument("--teacher", required=True, help="name recorded with each record (the served model)")
     p_build.add_argument("--data-dir", type=Path, default=Path("build/data/pretrain"))
     p_build.add_argument("--out", type=Path, default=Path("training/datasets/docassist/records.jsonl"))
@@ -327,12 +330,24 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = default_tokenizer()
     docs = select_documents(read_documents(args.data_dir), args.num_docs, tokenizer)
 
-    async def run() -> BuildReport:
-        async with AsyncClient(args.target, app_name="docassist-builder") as client:
+    async def run(target) -> BuildReport:
+        async with AsyncClient(target, app_name="docassist-builder") as client:
             return await build(client, docs, args.out, tokenizer, TeacherSettings(args.teacher),
                                test_fraction=args.test_fraction, concurrency=args.concurrency)
 
-    report = asyncio.run(run())
+    if args.serve is None:
+        report = asyncio.run(run(args.target))
+    else:
+        import tempfile
+
+        from slmd.testing import start_daemon
+
+        daemon = start_daemon(Path(tempfile.mkdtemp(prefix="slmd-docassist-")), args.serve, "--threads",
+                              str(args.threads), "--max-running", str(3 * args.concurrency), timeout=300)
+        try:
+            report = asyncio.run(run(daemon.target))
+        finally:
+            daemon.stop()
     print(f"{report.num_done} annotated, {report.num_skipped} already done, {report.num_failed} failed "
           f"in {report.seconds:.0f} s ({report.completion_tokens / max(report.seconds, 1e-9):.1f} generated "
           f"tokens/s) -> {args.out}")

@@ -15,7 +15,7 @@ Outputs: `finetune.pt` (the LoRA weights or the full state), `log.jsonl`
 (train loss per step, response loss on the test split before and after).
 Exports: a llama.cpp LoRA adapter over the packaged base (`--export-lora`,
 llama bases only: a few MB) and a merged model (`--export-gguf`: for llama,
-the base GGUF with the changed matrices re-quantized to their own type; for
+the base GGUF with the changed matrices stored as Q8_0, the rest copied; for
 SlimLM, training/export.py's mpt GGUF).
 """
 

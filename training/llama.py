@@ -179,9 +179,11 @@ def load_gguf(path: str | os.PathLike) -> Llama:
 
 
 def write_gguf(model: Llama, base_path: str | os.PathLike, out_path: str | os.PathLike,
-               changed: set[str] | None = None) -> Path:
+               changed: set[str] | None = None,
+               qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.Q8_0) -> Path:
     """Copy base_path's metadata and tensors, replacing the tensors named in `changed` (GGUF names,
-    default: every weight) with the model's, quantized to the base tensor's own type."""
+    default: every weight) with the model's. Replaced matrices are stored as qtype (Q8_0: a second
+    4-bit rounding on top of the base's would blur a small update); 1-D tensors stay F32."""
     reader = gguf.GGUFReader(base_path)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +198,8 @@ def write_gguf(model: Llama, base_path: str | os.PathLike, out_path: str | os.Pa
     for t in reader.tensors:
         if changed is None or t.name in changed:
             array = state[gguf_to_param(t.name)].detach().float().cpu().numpy()
-            writer.add_tensor(t.name, gguf.quants.quantize(array, t.tensor_type), raw_dtype=t.tensor_type)
+            kind = gguf.GGMLQuantizationType.F32 if array.ndim < 2 else qtype
+            writer.add_tensor(t.name, gguf.quants.quantize(array, kind), raw_dtype=kind)
         else:
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     writer.write_header_to_file()

@@ -128,6 +128,16 @@ class PrefixCache:
                 self.stats.host_bytes -= h.num_bytes
         return out
 
+    def covers(self, tokens: list[int], namespace: str) -> bool:
+        """Whole `tokens` already held in this namespace (on the device or host)."""
+        tree = self._trees.get(namespace)
+        return self.cfg.enabled and tree is not None and tree.match(tokens).num_tokens >= len(tokens)
+
+    def touch(self, tokens: list[int], namespace: str, priority: int = 0) -> None:
+        m = self._trees[namespace].match(tokens)
+        if m.node is not None:
+            self._trees[namespace].touch(m.node, priority)
+
     def publish(self, tokens: list[int], seq_id: int) -> list[int]:
         """slmd's own public prefixes (system prompts); apps cannot insert here."""
         return self.insert(tokens, PUBLIC, seq_id)
@@ -145,10 +155,11 @@ class PrefixCache:
                 if isinstance(node.holder, kind) and node.lock_ref == 0:
                     yield ns, node
 
-    def evict_device(self) -> tuple[str, Node, int] | None:
-        """Pick the device holder to give up (unlocked, by policy); the caller
-        either saves it to the host tier (`demote`) or drops it (`drop`)."""
-        victims = sorted(self._candidates(DeviceKV), key=lambda c: self._key(c[1]))
+    def evict_device(self, skip: set[int] = frozenset()) -> tuple[str, Node, int] | None:
+        """Pick the device holder to give up (unlocked, not in `skip`, by
+        policy); the caller saves it to the host tier (`demote`) or drops it."""
+        victims = sorted((c for c in self._candidates(DeviceKV) if c[1].holder.seq_id not in skip),
+                         key=lambda c: self._key(c[1]))
         if not victims:
             return None
         ns, node = victims[0]

@@ -3,8 +3,13 @@ metadata. Every lookup names the calling app; another app's id is reported
 exactly like an unknown one, so ids never leak across apps.
 
 Bounded per app (least recently used documents are closed first) and in time
-(a document expires `ttl_seconds` after its last use). Used only from the
-server's event loop, so it needs no lock."""
+(a document expires `ttl_seconds` after its last use). What tasks derive from
+a document (its retrieval index, chunk embeddings, part summaries) lives in
+the document's `DerivedState` and goes with it; when all documents' derived
+state passes `max_derived_bytes`, or a memory-pressure source calls `shed`,
+that of the least recently used documents is dropped first (it is rebuilt
+on the next use). Used only from the server's event loop, so it needs no
+lock."""
 
 from __future__ import annotations
 
@@ -15,8 +20,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from slmd.docassist.chunking import ChunkedDocument
 from slmd.docassist.formats import DocFormat
+
+
+@dataclass
+class DerivedState:
+    """What tasks computed from a document, kept for the next task on it."""
+
+    bm25: Any = None  # retrieval.Bm25Index over all chunks
+    embeddings: np.ndarray | None = None  # one unit row per chunk (hybrid retrieval)
+    part_summaries: dict[tuple, str] = field(default_factory=dict)  # map-reduce parts, by part key
+    part_tasks: dict[tuple, Any] = field(default_factory=dict)  # asyncio.Tasks summarizing a part now
+
+    @property
+    def num_bytes(self) -> int:
+        size = self.bm25.num_bytes if self.bm25 is not None else 0
+        size += self.embeddings.nbytes if self.embeddings is not None else 0
+        return size + sum(len(s.encode("utf-8")) + 64 for s in self.part_summaries.values())
+
+    def clear(self) -> int:
+        """Drop everything (in-flight part summaries finish for their callers but
+        are not kept); returns the bytes freed."""
+        freed = self.num_bytes
+        self.bm25, self.embeddings = None, None
+        self.part_summaries = {}
+        self.part_tasks = {}
+        return freed
 
 
 @dataclass
@@ -27,6 +59,7 @@ class PreparedDocument:
     num_pages: int
     chunked: ChunkedDocument
     prefix_ids: list[int]  # system prompt + document; identical for every task
+    derived: DerivedState = field(default_factory=DerivedState)
 
 
 @dataclass
@@ -40,9 +73,11 @@ class StoredDocument:
 
 
 class DocumentStore:
-    def __init__(self, max_per_app: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_per_app: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 max_derived_bytes: int | None = None) -> None:
         self.max_per_app = max_per_app
         self.ttl_seconds = ttl_seconds
+        self.max_derived_bytes = max_derived_bytes
         self._clock = clock
         self._apps: dict[str, OrderedDict[str, StoredDocument]] = {}
 
@@ -96,6 +131,28 @@ class DocumentStore:
                 del self._apps[app_id]
         return num_closed
 
+    def derived_bytes(self) -> int:
+        return sum(e.doc.derived.num_bytes for docs in self._apps.values() for e in docs.values())
+
+    def shed(self, num_bytes: int) -> int:
+        """Drop derived state, least recently used documents first, until
+        `num_bytes` are freed (or none is left); returns the bytes freed. The
+        documents stay open: their state is rebuilt when next used."""
+        entries = sorted((e for docs in self._apps.values() for e in docs.values()), key=lambda e: e.last_used)
+        freed = 0
+        for entry in entries:
+            if freed >= num_bytes:
+                break
+            freed += entry.doc.derived.clear()
+        return freed
+
+    def enforce_derived_bound(self) -> int:
+        """Shed down to `max_derived_bytes` (after a task added state); returns bytes freed."""
+        if self.max_derived_bytes is None:
+            return 0
+        excess = self.derived_bytes() - self.max_derived_bytes
+        return self.shed(excess) if excess > 0 else 0
+
     def num_documents(self, app_id: str | None = None) -> int:
         if app_id is not None:
             return len(self._apps.get(app_id, ()))
@@ -103,5 +160,8 @@ class DocumentStore:
 
 
 def _closed(entry: StoredDocument) -> None:
+    for task in entry.doc.derived.part_tasks.values():
+        task.cancel()
+    entry.doc.derived.clear()
     if entry.on_close is not None:
         entry.on_close()

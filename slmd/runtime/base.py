@@ -75,6 +75,9 @@ class Runtime(Protocol):
     def truncate(self, seq_id: int, num_tokens: int) -> None:
         """Keep only the first `num_tokens` KV cells of a sequence."""
 
+    def flush_copies(self, scratch_seq: int) -> None:
+        """Run pending stream copies now (before an immediate write such as `restore`)."""
+
     def save(self, seq_id: int) -> bytes:
         """Serialize a sequence's KV state (host-memory tier, preemption)."""
 

@@ -182,6 +182,17 @@ class LlamaRuntime:
         n = L.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
         return ctypes.string_at(buf, n)  # (slicing a ctypes array goes byte by byte through Python ints)
 
+    def flush_copies(self, scratch_seq: int) -> None:
+        """Stream copies (`copy_prefix` across streams) run at the start of the
+        next llama_decode, but `restore` writes a stream at once: a restore
+        into a stream that a pending copy still reads from would corrupt the
+        copy. A one-token decode into an empty scratch sequence runs them now."""
+        b = self._batch
+        b.token[0], b.pos[0], b.seq[0], b.logits[0] = 0, 0, scratch_seq, 0
+        b.struct.n_tokens = 1
+        L.llama_decode(self.ctx, b.struct)
+        L.llama_memory_seq_rm(self.mem, scratch_seq, -1, -1)
+
     @property
     def kv_bytes_per_token(self) -> float:
         """Bytes of K and V per token (f16 cache), for save-or-recompute choices."""

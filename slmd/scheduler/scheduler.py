@@ -7,6 +7,7 @@ sequence ids; it asks for runtime work through ops and never calls it."""
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,7 +68,15 @@ class Scheduler:
         self.waiting = WaitQueue(lambda app: policy_of(app).weight)
         self.running: list[Request] = []
         self.num_preemptions = 0
-        self._free_seq_ids = list(range(cfg.num_sequences - 1, -1, -1))
+        # Running requests use the low stream ids [0, max_running), cache holders
+        # the rest: llama.cpp attends over the contiguous range of streams in a
+        # batch, so idle holders interleaved with running streams would be
+        # computed (and masked) in every step. A finished request's stream is
+        # copied up into a holder slot.
+        self._free_run = list(range(self.max_running))  # a heap: lowest id first
+        self._free_hold = list(range(cfg.num_sequences - 1, self.max_running - 1, -1))
+        self._fresh_holders: set[int] = set()  # their copy runs in the next decode: not savable yet
+        self._started: set[str] = set()  # requests started in the current schedule()
         self._finished: list[Request] = []
         self._by_id: dict[str, Request] = {}
         self._active_per_app: dict[str, int] = {}
@@ -111,7 +120,8 @@ class Scheduler:
 
     def take_finished(self) -> tuple[list[Request], list[O.Op]]:
         """Finished requests since the last call, and the runtime ops for their
-        streams: offered to the prefix cache, or released."""
+        streams: copied into a prefix-cache holder slot when worth keeping,
+        then released."""
         done, self._finished = self._finished, []
         ops: list[O.Op] = []
         for req in done:
@@ -121,15 +131,28 @@ class Scheduler:
             req.saved_state = None
             if req.seq_id is None:
                 continue
-            if req.status == RequestStatus.FINISHED_ERROR:
-                release = [req.seq_id]
-            else:
-                tokens = req.all_ids[: req.num_computed_tokens]
-                release = self.cache.insert(tokens, req.namespace, req.seq_id, int(req.priority), self._exact_len(req))
-            for seq in release:
-                ops.append(O.Release(seq))
-                self._free_seq_ids.append(seq)
+            if req.status != RequestStatus.FINISHED_ERROR:
+                self._keep(req, ops)
+            ops.append(O.Release(req.seq_id))
+            heapq.heappush(self._free_run, req.seq_id)
         return done, ops
+
+    def _keep(self, req: Request, ops: list[O.Op]) -> None:
+        tokens = req.all_ids[: req.num_computed_tokens]
+        if len(tokens) < self.cache.cfg.min_tokens or not self.cache.cfg.enabled:
+            return
+        if self.cache.covers(tokens, req.namespace):
+            self.cache.touch(tokens, req.namespace, int(req.priority))
+            return
+        hold = self._free_hold.pop() if self._free_hold else self._evict_cache_holder(ops)
+        if hold is None:
+            return
+        ops.append(O.Copy(req.seq_id, hold, len(tokens)))
+        self._fresh_holders.add(hold)
+        for seq in self.cache.insert(tokens, req.namespace, hold, int(req.priority), self._exact_len(req)):
+            ops.append(O.Release(seq))
+            self._fresh_holders.discard(seq)
+            self._free_hold.append(seq)
 
     def expired(self, now: float) -> list[Request]:
         """Waiting or running requests whose deadline has passed."""
@@ -150,6 +173,7 @@ class Scheduler:
     # ---- one step ---------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
+        self._started.clear()
         budget = self.cfg.step_token_budget
         out = SchedulerOutput(StepBatch(()), [], [])
         planned: dict[str, tuple[Request, int]] = {}  # request id -> (request, tokens this step)
@@ -215,13 +239,17 @@ class Scheduler:
     def _make_room(self, req: Request, ops: list[O.Op]) -> list[Request] | None:
         """A running slot and a KV stream for `req`, preempting lower classes if
         need be. Returns the preempted requests, or None if there is no room."""
-        if req.seq_id is None and not self._free_seq_ids:
-            self._evict_cache_holder(ops)
-        need_stream = req.seq_id is None and not self._free_seq_ids
+        need_stream = req.seq_id is None and not self._free_run
+        if need_stream:  # a paused request of this class or below gives its stream up first
+            donor = next((r for r in self.waiting if r.seq_id is not None and r is not req
+                          and r.priority <= req.priority), None)
+            if donor is not None:
+                self._release_stream(donor, ops)
+                need_stream = False
         need = max(len(self.running) - self.max_running + 1, 1 if need_stream else 0)
         if need <= 0:
             return []
-        lower = sorted((r for r in self.running if r.priority < req.priority),
+        lower = sorted((r for r in self.running if r.priority < req.priority and r.request_id not in self._started),
                        key=lambda r: (r.priority, -r.arrival_time))
         if len(lower) < need:
             return None  # not enough lower-class work to make room: nobody is paused for nothing
@@ -229,18 +257,44 @@ class Scheduler:
             self._preempt(victim, ops, need_stream=need_stream and i == 0)
         return lower[:need]
 
-    def _evict_cache_holder(self, ops: list[O.Op]) -> bool:
-        picked = self.cache.evict_device()
+    def _evict_cache_holder(self, ops: list[O.Op]) -> int | None:
+        """Free a holder slot: the LRU (or lowest-priority) unlocked holder goes
+        to the host tier or is dropped. Returns its stream id."""
+        picked = self.cache.evict_device(skip=self._fresh_holders)
         if picked is None:
-            return False
+            return None
         ns, node, seq = picked
         if self.cache.wants_host_tier and self._worth_saving(node.depth):
             ops.append(O.Save(seq, ns, node))  # the core demotes the node to the host tier
         else:
             self.cache.drop(ns, node)
             ops.append(O.Release(seq))
-        self._free_seq_ids.append(seq)
-        return True
+        return seq
+
+    # ---- memory pressure (slmd/memory/lifecycle.py) -----------------------
+
+    def set_max_running(self, n: int) -> list[O.Op]:
+        """Shrink the running set (memory pressure) or restore it, up to the
+        configured size. The excess, lowest class and newest first, is paused
+        with its KV in place and resumes when there is room."""
+        self.max_running = max(1, min(n, self.cfg.max_running or self.cfg.num_sequences))
+        excess = len(self.running) - self.max_running
+        ops: list[O.Op] = []
+        for victim in sorted(self.running, key=lambda r: (r.priority, -r.arrival_time))[: max(0, excess)]:
+            self._preempt(victim, ops, need_stream=False)
+        return ops
+
+    def drop_device_cache(self, *, include_fresh: bool = False) -> list[O.Op]:
+        """Give up every unlocked device cache holder (memory pressure), or all
+        of them when the context is about to be freed (`include_fresh`)."""
+        ops: list[O.Op] = []
+        while (picked := self.cache.evict_device(skip=set() if include_fresh else self._fresh_holders)) is not None:
+            ns, node, seq = picked
+            self.cache.drop(ns, node)
+            ops.append(O.Release(seq))
+            self._fresh_holders.discard(seq)
+            self._free_hold.append(seq)
+        return ops
 
     def _worth_saving(self, num_tokens: int) -> bool:
         if not self.cfg.kv_bytes_per_token:
@@ -255,14 +309,17 @@ class Scheduler:
         victim.num_preemptions += 1
         self.num_preemptions += 1
         if need_stream:
-            if victim.deterministic or self._worth_saving(victim.num_computed_tokens):
-                ops.append(O.SaveRequest(victim.seq_id, victim.request_id))  # sets saved_state
-            else:
-                victim.num_computed_tokens = 0
-            ops.append(O.Release(victim.seq_id))
-            self._free_seq_ids.append(victim.seq_id)
-            victim.seq_id = None
+            self._release_stream(victim, ops)
         self.waiting.push(victim, front=True)
+
+    def _release_stream(self, req: Request, ops: list[O.Op]) -> None:
+        if req.deterministic or self._worth_saving(req.num_computed_tokens):
+            ops.append(O.SaveRequest(req.seq_id, req.request_id))  # sets saved_state
+        else:
+            req.num_computed_tokens = 0
+        ops.append(O.Release(req.seq_id))
+        heapq.heappush(self._free_run, req.seq_id)
+        req.seq_id = None
 
     def _exact_len(self, req: Request) -> int:
         """Tokens of a finished request's KV computed as a cold solo run would:
@@ -295,7 +352,8 @@ class Scheduler:
         self.running.append(req)
         if req.seq_id is not None:  # paused with its KV in place
             return
-        req.seq_id = self._free_seq_ids.pop()
+        req.seq_id = heapq.heappop(self._free_run)
+        self._started.add(req.request_id)
         out.ops.append(O.Open(req.seq_id, req.sampling, req.request_id, tuple(req.output_ids) if resumed else ()))
         if req.saved_state is not None:
             out.ops.append(O.Restore(req.saved_state, req.seq_id, req.num_computed_tokens))
@@ -321,6 +379,8 @@ class Scheduler:
     def update(self, out: SchedulerOutput, step: StepOutput) -> list[TokenUpdate]:
         for hit in out.hits:
             self.cache.release_hit(hit)
+        if not out.batch.is_empty:  # that decode ran the pending stream copies
+            self._fresh_holders.clear()
         now = time.monotonic()
         updates: list[TokenUpdate] = []
         prefill = decode = 0

@@ -4,7 +4,10 @@ It reads the same state the metrics collector reads at scrape time."""
 
 from __future__ import annotations
 
+import os
 import time
+
+import grpc
 
 from slmd_client._proto.slmd.v1 import admin_pb2
 
@@ -13,12 +16,21 @@ from slmd.core import Engine
 from slmd.metrics import PRIORITIES, Metrics, read_engine_state, rss_bytes
 from slmd.request import Priority
 from slmd.runtime.base import ModelInfo
-from slmd.server.identity import IdentityResolver
+from slmd.server.identity import Identity, IdentityResolver
+from slmd.server.status import RpcError
+
+# TrimLevel (admin.proto) -> slmd.memory.levels.TRIM_LEVELS key
+_TRIM = {admin_pb2.TRIM_LEVEL_NONE: "none", admin_pb2.TRIM_LEVEL_RUNNING_MODERATE: "running_moderate",
+         admin_pb2.TRIM_LEVEL_RUNNING_CRITICAL: "running_critical", admin_pb2.TRIM_LEVEL_BACKGROUND: "background",
+         admin_pb2.TRIM_LEVEL_COMPLETE: "complete"}
 
 
 class AdminServicer:
     def __init__(self, engine: Engine, info: ModelInfo, identity: IdentityResolver,
-                 metrics: Metrics | None = None, kv_bytes_per_token: float = 0.0) -> None:
+                 metrics: Metrics | None = None, kv_bytes_per_token: float = 0.0,
+                 reactor=None, admin_apps: frozenset[str] = frozenset()) -> None:
+        self.reactor = reactor  # slmd.memory.reactor.MemoryReactor
+        self.admin_apps = admin_apps  # apps with `admin = true`
         self.engine = engine
         self.info = info
         self.identity = identity
@@ -69,4 +81,23 @@ class AdminServicer:
             apps=apps,
             preemptions_total=state.num_preemptions,
             cached_tokens_total=sum(t.cached_tokens for t in totals.values()),
+            memory_pressure=self.reactor.level.label if self.reactor else "none",
         )
+
+    def _is_operator(self, ident: Identity) -> bool:
+        """Root or the daemon's own uid over the Unix socket (no token), or an app with `admin = true`."""
+        return ident.app_id in self.admin_apps or (ident.uid is not None and ident.uid in (0, os.getuid()))
+
+    async def SignalMemoryPressure(self, request, context):
+        ident = self.identity.resolve(context)
+        if not self._is_operator(ident):
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"app {ident.app_id} may not signal memory pressure "
+                           f"(operators only: root, the daemon's uid, or apps.<id>.admin = true)")
+        trim = _TRIM.get(request.level)
+        if trim is None:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"level: unknown value {request.level}; allowed: "
+                           + ", ".join(f"{admin_pb2.TrimLevel.Name(v)} ({v})" for v in _TRIM))
+        if self.reactor is None:
+            raise RpcError(grpc.StatusCode.UNIMPLEMENTED, "memory pressure handling is off")
+        level = self.reactor.signal_trim(trim)
+        return admin_pb2.SignalMemoryPressureResponse(level=level.label, model_loaded=self.metrics.is_model_loaded)

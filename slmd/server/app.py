@@ -25,6 +25,8 @@ from slmd.config import Config
 from slmd.cache.prefix_cache import CacheConfig, EvictionPolicy
 from slmd.core import Engine
 from slmd.metrics import Metrics
+from slmd.memory.model import ModelSlot, vocab_grammar_check
+from slmd.memory.reactor import MemoryReactor
 from slmd.models import ModelError, resolve_model
 from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
@@ -52,11 +54,12 @@ SERVICES = (
 class Daemon:
     cfg: Config
     engine: Engine
-    runtime: LlamaRuntime
+    runtime: ModelSlot
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     front: PeerFront | None = None
     metrics: Metrics | None = None
+    reactor: MemoryReactor | None = None
 
 
 def build(cfg: Config) -> Daemon:
@@ -64,12 +67,14 @@ def build(cfg: Config) -> Daemon:
     tokenizer = Tokenizer.from_gguf(model_path)
     eng = cfg.engine
     metrics = Metrics({*cfg.apps, *cfg.auth.tokens.values(), cfg.auth.unix_default_app or "local"}, cfg.metrics.max_apps)
-    runtime = LlamaRuntime(RuntimeConfig(
+    runtime_cfg = RuntimeConfig(
         model_path=model_path, num_sequences=eng.streams,
         context_per_sequence=cfg.model.context_per_sequence, batch_tokens=eng.step_token_budget,
         n_threads=cfg.model.n_threads, n_gpu_layers=cfg.model.n_gpu_layers,
         kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
-    ))
+    )
+    # the engine unloads the model under memory pressure or after keep_alive, and reloads it from here
+    runtime = ModelSlot(lambda: LlamaRuntime(runtime_cfg), grammar_check=vocab_grammar_check(model_path))
     info = runtime.info
     metrics.on_model_loaded()
     log.info("model %s (%s, %.1f M params, %d sequences x %d tokens)", info.name, info.architecture,
@@ -82,7 +87,9 @@ def build(cfg: Config) -> Daemon:
         cache=CacheConfig(enabled=cfg.cache.enabled, min_tokens=cfg.cache.min_tokens, host_bytes=cfg.cache.host_bytes,
                           policy=EvictionPolicy(cfg.cache.policy),
                           sharing_groups={g: tuple(a) for g, a in cfg.cache.sharing_groups.items()}),
-    ), policies.get, metrics)
+    ), policies.get, metrics, eng.keep_alive_seconds)
+    engine.lifecycle.retry_after = cfg.memory.calm_seconds
+    reactor = MemoryReactor(engine, cfg.memory.calm_seconds, metrics)
     metrics.watch(engine)
     front = None
     if cfg.auth.peer_credentials:
@@ -98,13 +105,14 @@ def build(cfg: Config) -> Daemon:
     ])
     register(server, GenerationServicer(engine, Prompter(tokenizer), limits, identity, policies,
                                         info.context_per_sequence, eng.deterministic), SERVICES[0], metrics)
-    register(server, AdminServicer(engine, info, identity, metrics, runtime.kv_bytes_per_token), SERVICES[1], metrics)
+    register(server, AdminServicer(engine, info, identity, metrics, runtime.kv_bytes_per_token, reactor,
+                                   frozenset(a for a, c in cfg.apps.items() if c.admin)), SERVICES[1], metrics)
     register(server, DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,
                                        info.context_per_sequence, cfg.docs, policies.priority), SERVICES[2], metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
-    return Daemon(cfg, engine, runtime, server, health_servicer, front, metrics)
+    return Daemon(cfg, engine, runtime, server, health_servicer, front, metrics, reactor)
 
 
 def _prepare_socket(path: Path) -> None:
@@ -154,6 +162,7 @@ async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
     _prepare_socket(cfg.server.socket_path.absolute())  # refuse before the model loads
     d = build(cfg)
     d.engine.start()
+    d.reactor.start(cfg.memory)
     addrs = _listen(d)
     await d.server.start()
     await _start_front(d)
@@ -183,8 +192,10 @@ async def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
         await d.front.stop()  # no new connections; open ones keep draining through the relay
     await d.server.stop(cfg.server.shutdown_grace_seconds)
     await loop.run_in_executor(None, d.engine.stop, 5.0)
-    d.runtime.close()
-    d.metrics.on_model_unloaded()
+    d.reactor.stop()
+    if d.runtime.is_loaded:
+        d.runtime.close()
+        d.metrics.on_model_unloaded()
     d.metrics.close()
     with contextlib.suppress(FileNotFoundError):
         cfg.server.socket_path.unlink()

@@ -107,6 +107,16 @@ def sampling(sp: common_pb2.SamplingParams, limits: Limits, *, json_to_gbnf) -> 
     return SamplingParams(**kw)
 
 
+def keep_alive(request) -> float | None:
+    """GenerateRequest.keep_alive_seconds: unset -> None (the daemon's default), negative -> -1 (never unload)."""
+    if not request.HasField("keep_alive_seconds"):
+        return None
+    v = request.keep_alive_seconds
+    if math.isnan(v):
+        raise invalid("keep_alive_seconds: must be a number (negative: never unload)")
+    return -1.0 if v < 0 else v
+
+
 def chat_messages(msgs) -> list[dict[str, str]]:
     if not msgs:
         raise invalid("chat.messages is empty")

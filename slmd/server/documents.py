@@ -4,7 +4,11 @@ A document (opened, or inline in the request) becomes one prompt prefix:
 system prompt + the kept chunks of its text. Every task appends its own
 suffix (instruction, question, request), so all tasks on one document share
 the prefix ids exactly and the engine's prefix cache serves them from one
-prefill; OpenDocument starts that prefill right away (max_tokens=0)."""
+prefill; OpenDocument starts that prefill right away (max_tokens=0).
+
+A document longer than its token budget is handled by LongDocuments:
+retrieval for answers, map-reduce for summaries, evenly spread chunks for
+suggested questions."""
 
 from __future__ import annotations
 
@@ -31,10 +35,12 @@ from slmd.docassist.ingest import IngestLimits, extract
 from slmd.docassist.intent import INTENT_GRAMMAR, INTENT_MAX_TOKENS, Intent, IntentSource, intent_prompt, \
     parse_intent, rule_intent
 from slmd.docassist.prompts import PromptLayout, SummaryLength, SummaryStyle
+from slmd.docassist.retrieval import RetrievalMethod
 from slmd.docassist.store import DocumentStore, PreparedDocument
 from slmd.request import Priority, Request, RequestOutput, SamplingParams
 from slmd.server import convert
 from slmd.server.identity import IdentityResolver
+from slmd.server.long_documents import LongDocuments
 from slmd.server.status import RpcError, from_kind, invalid
 
 log = logging.getLogger(__name__)
@@ -81,7 +87,11 @@ def _info(doc: PreparedDocument) -> pb.DocumentInfo:
         format=_FORMATS[doc.format], num_pages=doc.num_pages, num_tokens=c.num_tokens,
         num_kept_tokens=c.num_kept_tokens, token_budget=c.token_budget, is_truncated=c.is_truncated,
         num_chunks=len(c.chunks), chunk_labels=[ch.label for ch in c.chunks],
-        num_prefix_tokens=len(doc.prefix_ids))
+        num_prefix_tokens=len(doc.prefix_ids), num_document_chunks=len(c.all_chunks))
+
+
+def _is_open(source: pb.DocumentSource) -> bool:
+    return source.WhichOneof("source") == "document_id"
 
 
 def parse_questions(text: str) -> list[str]:
@@ -107,7 +117,9 @@ class DocumentsServicer:
         self.identity = identity
         self.context_window = context_window
         self.cfg = cfg
-        self.store = DocumentStore(cfg.max_documents_per_app, cfg.document_ttl_seconds)
+        self.store = DocumentStore(cfg.max_documents_per_app, cfg.document_ttl_seconds,
+                                   max_derived_bytes=cfg.max_derived_bytes)
+        self.long = LongDocuments(engine, layout, self.store, RetrievalMethod(cfg.retrieval))
         self.ingest_limits = IngestLimits(max_bytes=cfg.max_bytes, max_pages=cfg.max_pages,
                                           max_chars=cfg.max_chars, max_seconds=cfg.max_seconds)
         self.max_token_budget = max(cfg.chunk_tokens, context_window - cfg.reserved_tokens)
@@ -232,15 +244,52 @@ class DocumentsServicer:
             yield out
 
     async def _text_task(self, cls, doc: PreparedDocument, instruction: str, sampling: SamplingParams,
-                         app_id: str, prio: Priority, context, first: dict):
-        """Stream `cls` messages: `first` fields at once, text deltas, then finish + usage."""
+                         app_id: str, prio: Priority, context, first: dict, prefix_ids: list[int] | None = None,
+                         finish: Callable[[str], dict] | None = None):
+        """Stream `cls` messages: `first` fields at once, then the generation."""
         yield cls(info=_info(doc), **first)
-        ids = doc.prefix_ids + self.layout.suffix_ids(instruction)
+        async for resp in self._generate(cls, (prefix_ids or doc.prefix_ids) + self.layout.suffix_ids(instruction),
+                                         sampling, app_id, prio, context, finish):
+            yield resp
+
+    async def _generate(self, cls, ids: list[int], sampling: SamplingParams, app_id: str, prio: Priority, context,
+                        finish: Callable[[str], dict] | None = None):
+        """Text deltas, then finish + usage (+ `finish(whole text)` fields)."""
+        parts = []
         async for out in self._run(ids, sampling, app_id, prio, context):
+            parts.append(out.text)
             if out.finished:
-                yield cls(text=out.text, finish_reason=_finish(out), usage=_usage(out))
+                extra = finish("".join(parts)) if finish is not None else {}
+                yield cls(text=out.text, finish_reason=_finish(out), usage=_usage(out), **extra)
             elif out.text:
                 yield cls(text=out.text)
+
+    async def _summary(self, cls, doc: PreparedDocument, instruction: str, sampling: SamplingParams, app_id: str,
+                       prio: Priority, context, first: dict, keep: bool):
+        """A summary; map-reduce over the whole text when the document is truncated."""
+        if not self.long.needs_map_reduce(doc):
+            async for resp in self._text_task(cls, doc, instruction, sampling, app_id, prio, context, first):
+                yield resp
+            return
+        yield cls(info=_info(doc), **first)
+        prefix_ids: list[int] = []
+        async for event in self.long.map_reduce(doc, app_id, prio, keep):
+            if isinstance(event, list):
+                prefix_ids = event
+            else:
+                yield cls(progress=event)
+        async for resp in self._generate(cls, prefix_ids + self.layout.suffix_ids(instruction), sampling, app_id,
+                                         prio, context):
+            yield resp
+
+    async def _answer(self, cls, doc: PreparedDocument, query: str, instruction: str, sampling: SamplingParams,
+                      app_id: str, prio: Priority, context, first: dict):
+        """Generation over the chunks that best match `query`, citing those the answer used."""
+        found = await self.long.retrieve(doc, query)
+        async for resp in self._text_task(cls, doc, instruction, sampling, app_id, prio, context, first,
+                                          prefix_ids=found.prefix_ids,
+                                          finish=lambda text: {"citations": self.long.citations(found, query, text)}):
+            yield resp
 
     async def Summarize(self, request, context):
         ident = self.identity.resolve(context)
@@ -250,8 +299,8 @@ class DocumentsServicer:
         prio = self.priority_for(ident.app_id, convert.priority(request.priority))
         sampling = self._sampling(request.sampling, prompts.summary_max_tokens(style, length))
         doc = await self._document(request.document, ident.app_id)
-        async for resp in self._text_task(pb.SummarizeResponse, doc, prompts.summary_instruction(style, length),
-                                          sampling, ident.app_id, prio, context, {}):
+        async for resp in self._summary(pb.SummarizeResponse, doc, prompts.summary_instruction(style, length),
+                                        sampling, ident.app_id, prio, context, {}, _is_open(request.document)):
             yield resp
 
     def _check_text(self, text: str, field: str) -> str:
@@ -264,8 +313,8 @@ class DocumentsServicer:
         prio = self.priority_for(ident.app_id, convert.priority(request.priority))
         sampling = self._sampling(request.sampling, prompts.ANSWER_MAX_TOKENS)
         doc = await self._document(request.document, ident.app_id)
-        async for resp in self._text_task(pb.AskResponse, doc, prompts.answer_instruction(question), sampling,
-                                          ident.app_id, prio, context, {}):
+        async for resp in self._answer(pb.AskResponse, doc, question, prompts.answer_instruction(question),
+                                       sampling, ident.app_id, prio, context, {}):
             yield resp
 
     def _questions_grammar(self, n: int) -> str:
@@ -279,18 +328,19 @@ class DocumentsServicer:
         return grammar
 
     async def _questions(self, doc: PreparedDocument, n: int, sp: common_pb2.SamplingParams, app_id: str,
-                         prio: Priority, context) -> tuple[list[str], RequestOutput]:
+                         prio: Priority, context) -> tuple[list[str], RequestOutput, list[pb.Citation]]:
         # The token cap comes from the grammar's bound, never the caller: a cut list would not parse.
         capped = common_pb2.SamplingParams()
         capped.CopyFrom(sp)
         capped.ClearField("max_tokens")
         sampling = self._sampling(capped, prompts.questions_max_tokens(n), grammar=self._questions_grammar(n))
-        ids = doc.prefix_ids + self.layout.suffix_ids(prompts.questions_instruction(n))
+        prefix_ids, sources = self.long.spread(doc)  # the whole document, not just its head
+        ids = prefix_ids + self.layout.suffix_ids(prompts.questions_instruction(n))
         parts, last = [], None
         async for out in self._run(ids, sampling, app_id, prio, context):
             parts.append(out.text)
             last = out
-        return parse_questions("".join(parts)), last
+        return parse_questions("".join(parts)), last, sources
 
     async def SuggestQuestions(self, request, context):
         ident = self.identity.resolve(context)
@@ -299,9 +349,9 @@ class DocumentsServicer:
             raise invalid(f"num_questions must be in [1, {self.cfg.max_questions}] (docs.max_questions); got {n}")
         prio = self.priority_for(ident.app_id, convert.priority(request.priority))
         doc = await self._document(request.document, ident.app_id)
-        questions, last = await self._questions(doc, n, request.sampling, ident.app_id, prio, context)
+        questions, last, sources = await self._questions(doc, n, request.sampling, ident.app_id, prio, context)
         return pb.SuggestQuestionsResponse(questions=questions, finish_reason=_finish(last), usage=_usage(last),
-                                           info=_info(doc))
+                                           info=_info(doc), citations=sources)
 
     # ---- assist -------------------------------------------------------------------
 
@@ -337,20 +387,24 @@ class DocumentsServicer:
             return
         if intent is Intent.SUGGEST:
             yield pb.AssistResponse(info=_info(doc), **first)
-            questions, last = await self._questions(doc, DEFAULT_NUM_QUESTIONS, request.sampling, ident.app_id,
-                                                    prio, context)
+            questions, last, sources = await self._questions(doc, DEFAULT_NUM_QUESTIONS, request.sampling,
+                                                             ident.app_id, prio, context)
             listing = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
             yield pb.AssistResponse(text=listing, questions=questions, finish_reason=_finish(last),
-                                    usage=_usage(last))
+                                    usage=_usage(last), citations=sources)
             return
         if intent is Intent.SUMMARIZE:
+            sampling = self._sampling(request.sampling, SummaryLength.MEDIUM.max_tokens)
             instruction = prompts.summary_instruction(SummaryStyle.TLDR, SummaryLength.MEDIUM)
-            max_tokens = SummaryLength.MEDIUM.max_tokens
-        elif intent is Intent.ANSWER:
+            async for resp in self._summary(pb.AssistResponse, doc, instruction, sampling, ident.app_id, prio,
+                                            context, first, _is_open(request.document)):
+                yield resp
+            return
+        if intent is Intent.ANSWER:
             instruction, max_tokens = prompts.answer_instruction(text), prompts.ANSWER_MAX_TOKENS
         else:  # the request as the user wrote it, after the document (Table 13)
             instruction, max_tokens = text, prompts.OTHER_MAX_TOKENS
         sampling = self._sampling(request.sampling, max_tokens)
-        async for resp in self._text_task(pb.AssistResponse, doc, instruction, sampling, ident.app_id, prio,
-                                          context, first):
+        async for resp in self._answer(pb.AssistResponse, doc, text, instruction, sampling, ident.app_id, prio,
+                                       context, first):
             yield resp

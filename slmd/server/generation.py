@@ -88,6 +88,7 @@ class GenerationServicer:
             request_id=rid, prompt_ids=ids, sampling=sampling, app_id=ident.app_id, priority=prio,
             deterministic=request.deterministic or self.default_deterministic,
             deadline=(time.monotonic() + remaining) if remaining is not None else None,
+            keep_alive=convert.keep_alive(request),
         )
         async for out in self.engine.stream(req):
             if out.finished and out.error_kind is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slmd_client import AsyncClient, InvalidArgument, ResourceExhausted
 from slmd_client._proto.slmd.v1 import generation_pb2, generation_pb2_grpc
-from tests.conftest import start_daemon
+from tests.conftest import ROOT, start_daemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
 
@@ -74,9 +75,9 @@ async def _complete(client: AsyncClient, prompt=None, **kw):
 
 async def _workload(target: str) -> dict:
     seen: dict = {"usage": {"app-a": [], "app-b": []}}
-    a = AsyncClient(target, token="tok-a")
-    b = AsyncClient(target, token="tok-b")
-    c = AsyncClient(target, token="tok-c")
+    a = AsyncClient(target, token="tok-a", timeout=60)
+    b = AsyncClient(target, token="tok-b", timeout=60)
+    c = AsyncClient(target, token="tok-c", timeout=60)
     try:
         # app-a: a document twice (the second run hits the cache), a chat, a count, an invalid request
         for _ in range(2):
@@ -140,7 +141,7 @@ def test_counters_agree_with_clients(metrics_daemon):
     assert value(s, req, app="app-b", method="Generate", code="CANCELLED") == 1
     assert value(s, req, app="app-b", method="CountTokens", code="OK") == 1
     assert value(s, req, app="app-c", method="Generate", code="RESOURCE_EXHAUSTED") == 1
-    assert value(s, req, method="Generate") == 8
+    assert value(s, req, method="Generate") == 7
     assert value(s, "slmd_rejections_total", reason="app_queue_full") == 1
     assert value(s, "slmd_rejections_total") == 1
 
@@ -236,3 +237,15 @@ def test_metrics_can_be_turned_off(daemon_factory, default_model, tmp_path):
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
     assert d2.proc.poll() is None
+
+
+def test_dashboard_uses_only_exported_metrics(metrics_daemon):
+    """packaging/grafana/slmd-dashboard.json queries nothing the daemon does not export."""
+    _, port = metrics_daemon
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    exported = {name for name, _ in scrape(port)} | set(re.findall(r"^# TYPE (\S+)", text, re.M))
+    dash = json.loads((ROOT / "packaging" / "grafana" / "slmd-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\bslmd_[a-z0-9_]+", e)}
+    assert len(exprs) >= 20 and used
+    assert used <= exported, sorted(used - exported)

@@ -130,8 +130,9 @@ async def test_queued_request_past_deadline_is_dropped_before_prefill(default_mo
 
     eng, rt = make_engine(default_model, streams=1, running=1)
     try:
-        long = asyncio.create_task(run(eng, req(prompter.encode_chat([{"role": "user", "content": "Count to 100."}]),
-                                                max_tokens=80, det=False)))
+        busy = Request("busy", prompter.encode_chat([{"role": "user", "content": "Count to 100."}]),
+                       SamplingParams(max_tokens=1000, ignore_eos=True))
+        long = asyncio.create_task(run(eng, busy))
         await asyncio.sleep(0.3)
         r = req(prompter.encode_chat([{"role": "user", "content": "Hi"}]), det=False, deadline=time.monotonic() + 30)
         task = asyncio.create_task(run(eng, r))
@@ -139,7 +140,9 @@ async def test_queued_request_past_deadline_is_dropped_before_prefill(default_mo
         r.deadline = time.monotonic()  # the deadline passes while it waits
         _, last = await task
         assert last.error_kind == ErrorKind.DEADLINE and r.num_computed_tokens == 0
-        await long
+        eng.abort("busy")
+        _, busy_last = await long
+        assert busy_last.error_kind == ErrorKind.CANCELLED
     finally:
         eng.stop(5), rt.close()
 

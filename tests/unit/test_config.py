@@ -42,3 +42,10 @@ def test_bad_toml_and_missing_file(tmp_path: Path):
     bad.write_text("[engine\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, environ={})
+
+
+def test_other_slmd_variables_are_not_settings():
+    # tools and tests use SLMD_* variables of their own (SLMD_REQUIRE_MODELS, SLMD_SOAK_SECONDS...)
+    cfg = load_config(None, environ={"SLMD_REQUIRE_MODELS": "1", "SLMD_SOAK_SECONDS": "60",
+                                     "SLMD_DATA_DIR": "/tmp/slmd-x"})
+    assert str(cfg.data_dir) == "/tmp/slmd-x"

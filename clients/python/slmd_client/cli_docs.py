@@ -5,7 +5,9 @@
     slm ask contract.docx "When does it end?"
     slm assist budget.xlsx "what's the total?"
 
-FILE is sent inline (the daemon detects its format); "-" reads text from stdin."""
+FILE is sent inline (the daemon detects its format); "-" reads text from stdin.
+On documents longer than the budget, `ask` and `assist` print the pages the
+answer came from, and `summarize` its progress, on stderr."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from slmd_client.cli import EXIT_OK, Command, UsageError, print_usage, register, stream_chunks
 from slmd_client.datatypes import Priority
-from slmd_client.doc_types import DETECTORS, LENGTHS, STYLES
+from slmd_client.doc_types import DETECTORS, LENGTHS, STYLES, DocChunk
 from slmd_client.sync import Client
 
 
@@ -54,7 +57,7 @@ def _summarize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _summarize(args: argparse.Namespace, client: Client) -> int:
     chunks = client.documents.summarize(_document(args.file), style=args.style, length=args.length, **_kwargs(args))
-    _, usage = stream_chunks(chunks)
+    _, usage = stream_chunks(_with_notes(chunks))
     _end_line()
     if args.usage:
         print_usage(usage)
@@ -85,7 +88,8 @@ def _ask_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ask(args: argparse.Namespace, client: Client) -> int:
-    _, usage = stream_chunks(client.documents.ask(_document(args.file), args.question, **_kwargs(args)))
+    _, usage = stream_chunks(_with_notes(client.documents.ask(_document(args.file), args.question,
+                                                              **_kwargs(args))))
     _end_line()
     if args.usage:
         print_usage(usage)
@@ -103,7 +107,7 @@ def _assist(args: argparse.Namespace, client: Client) -> int:
     chunks = client.documents.assist(_document(args.file), args.request, detector=args.detector,
                                      detect_only=args.detect_only, **_kwargs(args))
     usage, wrote = None, False
-    for chunk in chunks:
+    for chunk in _with_notes(chunks):
         if chunk.intent is not None:
             print(f"[intent: {chunk.intent} ({chunk.intent_source})]", file=sys.stderr)
             if args.detect_only:
@@ -118,6 +122,23 @@ def _assist(args: argparse.Namespace, client: Client) -> int:
     if args.usage:
         print_usage(usage)
     return EXIT_OK
+
+
+def _with_notes(chunks: Iterable[DocChunk]) -> Iterator[DocChunk]:
+    """Pass chunks through; summary progress and cited pages go to stderr."""
+    for chunk in chunks:
+        if chunk.progress is not None:
+            p = chunk.progress
+            if p.is_reducing:
+                note = f"all {p.num_parts} parts summarized ({p.num_cached_parts} cached); final summary:"
+            else:
+                note = f"part {p.num_parts_done}/{p.num_parts}" + (f": {p.part_label}" if p.part_label else "")
+            print(f"[{note}]", file=sys.stderr)
+        yield chunk
+        if chunk.citations:
+            sources = ", ".join(f"{c.label} (chunk {c.chunk_index + 1})" for c in chunk.citations)
+            newline = "\n" if sys.stdout.isatty() else ""  # the answer's line is still open on a terminal
+            print(f"{newline}[sources: {sources}]", file=sys.stderr)
 
 
 def _end_line() -> None:

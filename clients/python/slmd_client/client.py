@@ -30,6 +30,7 @@ from slmd_client.datatypes import (
     generate_request,
 )
 from slmd_client.errors import from_rpc_error
+from slmd_client.status_types import trim_level
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class AsyncClient:
         deterministic: bool = False,
         request_id: str | None = None,
         ignore_eos: bool = False,
+        keep_alive: float | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[GenerateChunk]:
         """Stream a completion of `prompt` (raw text) or `messages` (chat,
@@ -164,6 +166,7 @@ class AsyncClient:
             deterministic=deterministic,
             request_id=request_id,
             ignore_eos=ignore_eos,
+            keep_alive=keep_alive,
         )
         call = self._connect()[1].generation.Generate(request, **self._settings.call_kwargs(timeout))
         try:
@@ -210,6 +213,18 @@ class AsyncClient:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
         return Status.from_proto(response)
+
+    async def signal_memory_pressure(self, level: str, *, timeout: float | None = None) -> str:
+        """Forward a platform memory signal (operators only): "none",
+        "running_moderate", "running_critical", "background" or "complete"
+        (Android onTrimMemory levels). Returns the daemon's level now."""
+        stub = self._connect()[1].admin
+        request = admin_pb2.SignalMemoryPressureRequest(level=trim_level(level))
+        try:
+            response = await stub.SignalMemoryPressure(request, **self._settings.call_kwargs(timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+        return response.level
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """True when the daemon reports SERVING (grpc.health.v1, overall

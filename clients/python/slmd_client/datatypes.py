@@ -213,6 +213,7 @@ def generate_request(
     deterministic: bool,
     request_id: str | None,
     ignore_eos: bool = False,
+    keep_alive: float | None = None,
 ) -> generation_pb2.GenerateRequest:
     sampling = common_pb2.SamplingParams()
     optional = {
@@ -234,13 +235,16 @@ def generate_request(
     if grammar is not None:
         sampling.grammar = grammar
     sampling.ignore_eos = ignore_eos
-    return generation_pb2.GenerateRequest(
+    request = generation_pb2.GenerateRequest(
         **_input_kwargs(prompt, messages),
         sampling=sampling,
         priority=Priority.parse(priority).to_proto() if priority is not None else common_pb2.PRIORITY_UNSPECIFIED,
         deterministic=deterministic,
         request_id=request_id or "",
     )
+    if keep_alive is not None:  # seconds the model stays loaded after this request; negative: forever
+        request.keep_alive_seconds = keep_alive
+    return request
 
 
 def count_tokens_request(

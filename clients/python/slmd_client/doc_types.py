@@ -41,6 +41,7 @@ class DocumentInfo:
     is_truncated: bool
     chunk_labels: tuple[str, ...]
     num_prefix_tokens: int
+    num_document_chunks: int = 0  # of the whole text (tasks on a truncated document choose among them)
 
     @classmethod
     def from_proto(cls, msg: pb.DocumentInfo) -> DocumentInfo:
@@ -48,7 +49,41 @@ class DocumentInfo:
         return cls(format=name, num_pages=msg.num_pages, num_tokens=msg.num_tokens,
                    num_kept_tokens=msg.num_kept_tokens, token_budget=msg.token_budget,
                    is_truncated=msg.is_truncated, chunk_labels=tuple(msg.chunk_labels),
-                   num_prefix_tokens=msg.num_prefix_tokens)
+                   num_prefix_tokens=msg.num_prefix_tokens, num_document_chunks=msg.num_document_chunks)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A chunk of the document an answer (or the suggested questions) drew on."""
+
+    chunk_index: int  # 0-based among all chunks of the document
+    label: str  # where it starts: "page 14", "slide 3", "document"
+    snippet: str
+    score: float  # relevance to the question (BM25); 0 where not ranked
+
+    @classmethod
+    def from_proto(cls, msg: pb.Citation) -> Citation:
+        return cls(chunk_index=msg.chunk_index, label=msg.label, snippet=msg.snippet, score=msg.score)
+
+
+def _citations(msg: Any) -> tuple[Citation, ...]:
+    return tuple(Citation.from_proto(c) for c in getattr(msg, "citations", ()))
+
+
+@dataclass(frozen=True)
+class SummaryProgress:
+    """Where a long document's map-reduce summary stands."""
+
+    num_parts: int
+    num_parts_done: int
+    num_cached_parts: int
+    part_label: str  # the part just done: "pages 3-5"
+    is_reducing: bool  # all parts done; the final summary streams next
+
+    @classmethod
+    def from_proto(cls, msg: pb.SummaryProgress) -> SummaryProgress:
+        return cls(num_parts=msg.num_parts, num_parts_done=msg.num_parts_done, num_cached_parts=msg.num_cached_parts,
+                   part_label=msg.part_label, is_reducing=msg.is_reducing)
 
 
 @dataclass(frozen=True)
@@ -92,15 +127,19 @@ class DocChunk:
     intent: str | None = None  # Assist: "summarize", "suggest", "answer" or "other"
     intent_source: str | None = None  # "rules" or "model"
     questions: tuple[str, ...] = ()  # Assist with intent "suggest", last message
+    citations: tuple[Citation, ...] = ()  # Ask/Assist, last message: the chunks the answer came from
+    progress: SummaryProgress | None = None  # Summarize/Assist on a long document, before the text
 
     @classmethod
     def from_proto(cls, msg: Any) -> DocChunk:
         intent = getattr(msg, "intent", 0)
+        has_progress = "progress" in msg.DESCRIPTOR.fields_by_name and msg.HasField("progress")
         return cls(text=msg.text, finish_reason=FinishReason.from_proto(msg.finish_reason),
                    usage=Usage.from_proto(msg.usage) if msg.HasField("usage") else None,
                    info=DocumentInfo.from_proto(msg.info) if msg.HasField("info") else None,
                    intent=_INTENTS.get(intent), intent_source=_SOURCES.get(getattr(msg, "intent_source", 0)),
-                   questions=tuple(getattr(msg, "questions", ())))
+                   questions=tuple(getattr(msg, "questions", ())), citations=_citations(msg),
+                   progress=SummaryProgress.from_proto(msg.progress) if has_progress else None)
 
 
 @dataclass
@@ -114,6 +153,8 @@ class DocResult:
     intent: str | None = None
     intent_source: str | None = None
     questions: tuple[str, ...] = ()
+    citations: tuple[Citation, ...] = ()
+    progress: list[SummaryProgress] = field(default_factory=list)
     parts: list[str] = field(default_factory=list, repr=False)
 
     def add(self, chunk: DocChunk) -> None:
@@ -124,6 +165,10 @@ class DocResult:
                 setattr(self, name, getattr(chunk, name))
         if chunk.questions:
             self.questions = chunk.questions
+        if chunk.citations:
+            self.citations = chunk.citations
+        if chunk.progress is not None:
+            self.progress.append(chunk.progress)
 
 
 @dataclass(frozen=True)
@@ -132,12 +177,14 @@ class Questions:
     finish_reason: FinishReason | None
     usage: Usage | None
     info: DocumentInfo | None
+    citations: tuple[Citation, ...] = ()  # the chunks the questions were drawn from
 
     @classmethod
     def from_proto(cls, msg: pb.SuggestQuestionsResponse) -> Questions:
         return cls(questions=tuple(msg.questions), finish_reason=FinishReason.from_proto(msg.finish_reason),
                    usage=Usage.from_proto(msg.usage) if msg.HasField("usage") else None,
-                   info=DocumentInfo.from_proto(msg.info) if msg.HasField("info") else None)
+                   info=DocumentInfo.from_proto(msg.info) if msg.HasField("info") else None,
+                   citations=_citations(msg))
 
 
 DocumentLike = Union[OpenedDocument, DocumentId, str, bytes, "os.PathLike[str]"]

@@ -31,6 +31,7 @@ from slmd_client.doc_types import (
     DETECTORS,
     LENGTHS,
     STYLES,
+    Citation,
     DocChunk,
     DocResult,
     DocumentId,
@@ -39,6 +40,7 @@ from slmd_client.doc_types import (
     InputMeasure,
     OpenedDocument,
     Questions,
+    SummaryProgress,
     choice,
     sampling,
     source,
@@ -237,5 +239,5 @@ class Documents:
         return result
 
 
-__all__ = ["AsyncDocuments", "DocChunk", "DocResult", "DocumentId", "DocumentInfo", "Documents", "InputMeasure",
-           "OpenedDocument", "Questions"]
+__all__ = ["AsyncDocuments", "Citation", "DocChunk", "DocResult", "DocumentId", "DocumentInfo", "Documents", "InputMeasure",
+           "OpenedDocument", "Questions", "SummaryProgress"]

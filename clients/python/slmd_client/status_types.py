@@ -77,6 +77,7 @@ class Status:
     apps: tuple[AppStatus, ...] = ()
     preemptions_total: int = 0
     cached_tokens_total: int = 0
+    memory_pressure: str = "none"  # "none", "moderate", "critical"
     extra: dict[str, Any] = field(default_factory=dict)  # fields newer than this client
 
     _NESTED = {"queues": QueueStatus, "cache": CacheStatus, "memory": MemoryStatus, "apps": AppStatus}
@@ -141,3 +142,14 @@ def render(st: Status) -> list[str]:
     for key, value in st.extra.items():
         lines.append(f"{key}  {value}")
     return lines
+
+
+TRIM_LEVELS = ("none", "running_moderate", "running_critical", "background", "complete")
+
+
+def trim_level(level: str) -> int:
+    """"running_critical" -> admin_pb2.TRIM_LEVEL_RUNNING_CRITICAL (Android onTrimMemory names)."""
+    name = level.strip().lower().replace("-", "_")
+    if name not in TRIM_LEVELS:
+        raise ValueError(f"memory pressure level {level!r}: allowed: {', '.join(TRIM_LEVELS)}")
+    return admin_pb2.TrimLevel.Value("TRIM_LEVEL_" + name.upper())

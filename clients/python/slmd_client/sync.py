@@ -30,6 +30,7 @@ from slmd_client.datatypes import (
     generate_request,
 )
 from slmd_client.errors import from_rpc_error
+from slmd_client.status_types import trim_level
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Client:
         deterministic: bool = False,
         request_id: str | None = None,
         ignore_eos: bool = False,
+        keep_alive: float | None = None,
         timeout: float | None = None,
     ) -> Iterator[GenerateChunk]:
         """Stream a completion; see `AsyncClient.generate`. The request is sent
@@ -146,6 +148,7 @@ class Client:
             deterministic=deterministic,
             request_id=request_id,
             ignore_eos=ignore_eos,
+            keep_alive=keep_alive,
         )
         return self._stream(request, timeout)
 
@@ -193,6 +196,15 @@ class Client:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
         return Status.from_proto(response)
+
+    def signal_memory_pressure(self, level: str, *, timeout: float | None = None) -> str:
+        """See `AsyncClient.signal_memory_pressure`."""
+        request = admin_pb2.SignalMemoryPressureRequest(level=trim_level(level))
+        try:
+            response = self._stubs.admin.SignalMemoryPressure(request, **self._settings.call_kwargs(timeout))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+        return response.level
 
     def health(self, service: str = "", *, timeout: float | None = None) -> bool:
         """True when the daemon reports SERVING; raises `Unavailable` when it

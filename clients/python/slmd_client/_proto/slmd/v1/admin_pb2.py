@@ -25,25 +25,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13slmd/v1/admin.proto\x12\x07slmd.v1\"\x0f\n\rStatusRequest\"\xf3\x03\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x18\n\x10running_requests\x18\x05 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x06 \x01(\x05\x12\x15\n\rnum_sequences\x18\x07 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\x08 \x01(\x05\x12\x1e\n\x16generated_tokens_total\x18\t \x01(\x03\x12\x1b\n\x13prompt_tokens_total\x18\n \x01(\x03\x12\x0e\n\x06\x61pp_id\x18\x0b \x01(\t\x12\x14\n\x0cmodel_loaded\x18\x0c \x01(\x08\x12$\n\x06queues\x18\r \x03(\x0b\x32\x14.slmd.v1.QueueStatus\x12#\n\x05\x63\x61\x63he\x18\x0e \x01(\x0b\x32\x14.slmd.v1.CacheStatus\x12%\n\x06memory\x18\x0f \x01(\x0b\x32\x15.slmd.v1.MemoryStatus\x12 \n\x04\x61pps\x18\x10 \x03(\x0b\x32\x12.slmd.v1.AppStatus\x12\x19\n\x11preemptions_total\x18\x11 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_tokens_total\x18\x12 \x01(\x03\"A\n\x0bQueueStatus\x12\x10\n\x08priority\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x0f\n\x07waiting\x18\x03 \x01(\x05\"\xf6\x01\n\x0b\x43\x61\x63heStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x14\n\x0cquery_tokens\x18\x02 \x01(\x03\x12\x12\n\nhit_tokens\x18\x03 \x01(\x03\x12\x17\n\x0fhost_hit_tokens\x18\x04 \x01(\x03\x12\x11\n\thit_ratio\x18\x05 \x01(\x01\x12\x18\n\x10\x65victions_device\x18\x06 \x01(\x03\x12\x16\n\x0e\x65victions_host\x18\x07 \x01(\x03\x12\r\n\x05saves\x18\x08 \x01(\x03\x12\x10\n\x08restores\x18\t \x01(\x03\x12\x16\n\x0e\x64\x65vice_entries\x18\n \x01(\x05\x12\x15\n\rdevice_tokens\x18\x0b \x01(\x03\"\x83\x01\n\x0cMemoryStatus\x12\x11\n\trss_bytes\x18\x01 \x01(\x03\x12\x10\n\x08kv_bytes\x18\x02 \x01(\x03\x12\x16\n\x0ekv_usage_ratio\x18\x03 \x01(\x01\x12\x17\n\x0fhost_tier_bytes\x18\x04 \x01(\x03\x12\x1d\n\x15host_tier_limit_bytes\x18\x05 \x01(\x03\"\x97\x01\n\tAppStatus\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x0f\n\x07waiting\x18\x03 \x01(\x05\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x03\x12\x15\n\rcached_tokens\x18\x07 \x01(\x03\x32\x42\n\x05\x41\x64min\x12\x39\n\x06Status\x12\x16.slmd.v1.StatusRequest\x1a\x17.slmd.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13slmd/v1/admin.proto\x12\x07slmd.v1\"@\n\x1bSignalMemoryPressureRequest\x12!\n\x05level\x18\x01 \x01(\x0e\x32\x12.slmd.v1.TrimLevel\"C\n\x1cSignalMemoryPressureResponse\x12\r\n\x05level\x18\x01 \x01(\t\x12\x14\n\x0cmodel_loaded\x18\x02 \x01(\x08\"\x0f\n\rStatusRequest\"\x8c\x04\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x18\n\x10running_requests\x18\x05 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x06 \x01(\x05\x12\x15\n\rnum_sequences\x18\x07 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\x08 \x01(\x05\x12\x1e\n\x16generated_tokens_total\x18\t \x01(\x03\x12\x1b\n\x13prompt_tokens_total\x18\n \x01(\x03\x12\x0e\n\x06\x61pp_id\x18\x0b \x01(\t\x12\x14\n\x0cmodel_loaded\x18\x0c \x01(\x08\x12$\n\x06queues\x18\r \x03(\x0b\x32\x14.slmd.v1.QueueStatus\x12#\n\x05\x63\x61\x63he\x18\x0e \x01(\x0b\x32\x14.slmd.v1.CacheStatus\x12%\n\x06memory\x18\x0f \x01(\x0b\x32\x15.slmd.v1.MemoryStatus\x12 \n\x04\x61pps\x18\x10 \x03(\x0b\x32\x12.slmd.v1.AppStatus\x12\x19\n\x11preemptions_total\x18\x11 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_tokens_total\x18\x12 \x01(\x03\x12\x17\n\x0fmemory_pressure\x18\x13 \x01(\t\"A\n\x0bQueueStatus\x12\x10\n\x08priority\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x0f\n\x07waiting\x18\x03 \x01(\x05\"\xf6\x01\n\x0b\x43\x61\x63heStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x14\n\x0cquery_tokens\x18\x02 \x01(\x03\x12\x12\n\nhit_tokens\x18\x03 \x01(\x03\x12\x17\n\x0fhost_hit_tokens\x18\x04 \x01(\x03\x12\x11\n\thit_ratio\x18\x05 \x01(\x01\x12\x18\n\x10\x65victions_device\x18\x06 \x01(\x03\x12\x16\n\x0e\x65victions_host\x18\x07 \x01(\x03\x12\r\n\x05saves\x18\x08 \x01(\x03\x12\x10\n\x08restores\x18\t \x01(\x03\x12\x16\n\x0e\x64\x65vice_entries\x18\n \x01(\x05\x12\x15\n\rdevice_tokens\x18\x0b \x01(\x03\"\x83\x01\n\x0cMemoryStatus\x12\x11\n\trss_bytes\x18\x01 \x01(\x03\x12\x10\n\x08kv_bytes\x18\x02 \x01(\x03\x12\x16\n\x0ekv_usage_ratio\x18\x03 \x01(\x01\x12\x17\n\x0fhost_tier_bytes\x18\x04 \x01(\x03\x12\x1d\n\x15host_tier_limit_bytes\x18\x05 \x01(\x03\"\x97\x01\n\tAppStatus\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x0f\n\x07waiting\x18\x03 \x01(\x05\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x03\x12\x15\n\rcached_tokens\x18\x07 \x01(\x03*\xb2\x01\n\tTrimLevel\x12\x1a\n\x16TRIM_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0fTRIM_LEVEL_NONE\x10\x01\x12\x1f\n\x1bTRIM_LEVEL_RUNNING_MODERATE\x10\x02\x12\x1f\n\x1bTRIM_LEVEL_RUNNING_CRITICAL\x10\x03\x12\x19\n\x15TRIM_LEVEL_BACKGROUND\x10\x04\x12\x17\n\x13TRIM_LEVEL_COMPLETE\x10\x05\x32\xa7\x01\n\x05\x41\x64min\x12\x39\n\x06Status\x12\x16.slmd.v1.StatusRequest\x1a\x17.slmd.v1.StatusResponse\x12\x63\n\x14SignalMemoryPressure\x12$.slmd.v1.SignalMemoryPressureRequest\x1a%.slmd.v1.SignalMemoryPressureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slmd.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUSREQUEST']._serialized_start=32
-  _globals['_STATUSREQUEST']._serialized_end=47
-  _globals['_STATUSRESPONSE']._serialized_start=50
-  _globals['_STATUSRESPONSE']._serialized_end=549
-  _globals['_QUEUESTATUS']._serialized_start=551
-  _globals['_QUEUESTATUS']._serialized_end=616
-  _globals['_CACHESTATUS']._serialized_start=619
-  _globals['_CACHESTATUS']._serialized_end=865
-  _globals['_MEMORYSTATUS']._serialized_start=868
-  _globals['_MEMORYSTATUS']._serialized_end=999
-  _globals['_APPSTATUS']._serialized_start=1002
-  _globals['_APPSTATUS']._serialized_end=1153
-  _globals['_ADMIN']._serialized_start=1155
-  _globals['_ADMIN']._serialized_end=1221
+  _globals['_TRIMLEVEL']._serialized_start=1316
+  _globals['_TRIMLEVEL']._serialized_end=1494
+  _globals['_SIGNALMEMORYPRESSUREREQUEST']._serialized_start=32
+  _globals['_SIGNALMEMORYPRESSUREREQUEST']._serialized_end=96
+  _globals['_SIGNALMEMORYPRESSURERESPONSE']._serialized_start=98
+  _globals['_SIGNALMEMORYPRESSURERESPONSE']._serialized_end=165
+  _globals['_STATUSREQUEST']._serialized_start=167
+  _globals['_STATUSREQUEST']._serialized_end=182
+  _globals['_STATUSRESPONSE']._serialized_start=185
+  _globals['_STATUSRESPONSE']._serialized_end=709
+  _globals['_QUEUESTATUS']._serialized_start=711
+  _globals['_QUEUESTATUS']._serialized_end=776
+  _globals['_CACHESTATUS']._serialized_start=779
+  _globals['_CACHESTATUS']._serialized_end=1025
+  _globals['_MEMORYSTATUS']._serialized_start=1028
+  _globals['_MEMORYSTATUS']._serialized_end=1159
+  _globals['_APPSTATUS']._serialized_start=1162
+  _globals['_APPSTATUS']._serialized_end=1313
+  _globals['_ADMIN']._serialized_start=1497
+  _globals['_ADMIN']._serialized_end=1664
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class AdminStub:
                 request_serializer=slmd_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
                 response_deserializer=slmd_dot_v1_dot_admin__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.SignalMemoryPressure = channel.unary_unary(
+                '/slmd.v1.Admin/SignalMemoryPressure',
+                request_serializer=slmd_dot_v1_dot_admin__pb2.SignalMemoryPressureRequest.SerializeToString,
+                response_deserializer=slmd_dot_v1_dot_admin__pb2.SignalMemoryPressureResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -53,6 +58,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalMemoryPressure(self, request, context):
+        """An integrator forwards the platform's memory signal (Android
+        onTrimMemory-style levels). Operators only: root, the daemon's own uid,
+        or an app with `admin = true`; others get PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=slmd_dot_v1_dot_admin__pb2.StatusRequest.FromString,
                     response_serializer=slmd_dot_v1_dot_admin__pb2.StatusResponse.SerializeToString,
+            ),
+            'SignalMemoryPressure': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalMemoryPressure,
+                    request_deserializer=slmd_dot_v1_dot_admin__pb2.SignalMemoryPressureRequest.FromString,
+                    response_serializer=slmd_dot_v1_dot_admin__pb2.SignalMemoryPressureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class Admin:
             '/slmd.v1.Admin/Status',
             slmd_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
             slmd_dot_v1_dot_admin__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalMemoryPressure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmd.v1.Admin/SignalMemoryPressure',
+            slmd_dot_v1_dot_admin__pb2.SignalMemoryPressureRequest.SerializeToString,
+            slmd_dot_v1_dot_admin__pb2.SignalMemoryPressureResponse.FromString,
             options,
             channel_credentials,
             insecure,

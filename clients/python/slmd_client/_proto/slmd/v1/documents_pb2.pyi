@@ -108,7 +108,7 @@ class DocumentSource(_message.Message):
     def __init__(self, document_id: _Optional[str] = ..., text: _Optional[str] = ..., file: _Optional[_Union[DocumentFile, _Mapping]] = ..., token_budget: _Optional[int] = ...) -> None: ...
 
 class DocumentInfo(_message.Message):
-    __slots__ = ("format", "num_pages", "num_tokens", "num_kept_tokens", "token_budget", "is_truncated", "num_chunks", "chunk_labels", "num_prefix_tokens")
+    __slots__ = ("format", "num_pages", "num_tokens", "num_kept_tokens", "token_budget", "is_truncated", "num_chunks", "chunk_labels", "num_prefix_tokens", "num_document_chunks")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class DocumentInfo(_message.Message):
     NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_LABELS_FIELD_NUMBER: _ClassVar[int]
     NUM_PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_DOCUMENT_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     format: DocumentFormat
     num_pages: int
     num_tokens: int
@@ -127,7 +128,34 @@ class DocumentInfo(_message.Message):
     num_chunks: int
     chunk_labels: _containers.RepeatedScalarFieldContainer[str]
     num_prefix_tokens: int
-    def __init__(self, format: _Optional[_Union[DocumentFormat, str]] = ..., num_pages: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_kept_tokens: _Optional[int] = ..., token_budget: _Optional[int] = ..., is_truncated: _Optional[bool] = ..., num_chunks: _Optional[int] = ..., chunk_labels: _Optional[_Iterable[str]] = ..., num_prefix_tokens: _Optional[int] = ...) -> None: ...
+    num_document_chunks: int
+    def __init__(self, format: _Optional[_Union[DocumentFormat, str]] = ..., num_pages: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_kept_tokens: _Optional[int] = ..., token_budget: _Optional[int] = ..., is_truncated: _Optional[bool] = ..., num_chunks: _Optional[int] = ..., chunk_labels: _Optional[_Iterable[str]] = ..., num_prefix_tokens: _Optional[int] = ..., num_document_chunks: _Optional[int] = ...) -> None: ...
+
+class Citation(_message.Message):
+    __slots__ = ("chunk_index", "label", "snippet", "score")
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    chunk_index: int
+    label: str
+    snippet: str
+    score: float
+    def __init__(self, chunk_index: _Optional[int] = ..., label: _Optional[str] = ..., snippet: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SummaryProgress(_message.Message):
+    __slots__ = ("num_parts", "num_parts_done", "num_cached_parts", "part_label", "is_reducing")
+    NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CACHED_PARTS_FIELD_NUMBER: _ClassVar[int]
+    PART_LABEL_FIELD_NUMBER: _ClassVar[int]
+    IS_REDUCING_FIELD_NUMBER: _ClassVar[int]
+    num_parts: int
+    num_parts_done: int
+    num_cached_parts: int
+    part_label: str
+    is_reducing: bool
+    def __init__(self, num_parts: _Optional[int] = ..., num_parts_done: _Optional[int] = ..., num_cached_parts: _Optional[int] = ..., part_label: _Optional[str] = ..., is_reducing: _Optional[bool] = ...) -> None: ...
 
 class OpenDocumentRequest(_message.Message):
     __slots__ = ("text", "file", "token_budget", "priority")
@@ -192,16 +220,18 @@ class SummarizeRequest(_message.Message):
     def __init__(self, document: _Optional[_Union[DocumentSource, _Mapping]] = ..., style: _Optional[_Union[SummaryStyle, str]] = ..., length: _Optional[_Union[SummaryLength, str]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ...) -> None: ...
 
 class SummarizeResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "info")
+    __slots__ = ("text", "finish_reason", "usage", "info", "progress")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     info: DocumentInfo
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ...) -> None: ...
+    progress: SummaryProgress
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ..., progress: _Optional[_Union[SummaryProgress, _Mapping]] = ...) -> None: ...
 
 class SuggestQuestionsRequest(_message.Message):
     __slots__ = ("document", "num_questions", "sampling", "priority")
@@ -216,16 +246,18 @@ class SuggestQuestionsRequest(_message.Message):
     def __init__(self, document: _Optional[_Union[DocumentSource, _Mapping]] = ..., num_questions: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ...) -> None: ...
 
 class SuggestQuestionsResponse(_message.Message):
-    __slots__ = ("questions", "finish_reason", "usage", "info")
+    __slots__ = ("questions", "finish_reason", "usage", "info", "citations")
     QUESTIONS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
     questions: _containers.RepeatedScalarFieldContainer[str]
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     info: DocumentInfo
-    def __init__(self, questions: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ...) -> None: ...
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    def __init__(self, questions: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
     __slots__ = ("document", "question", "sampling", "priority")
@@ -240,16 +272,18 @@ class AskRequest(_message.Message):
     def __init__(self, document: _Optional[_Union[DocumentSource, _Mapping]] = ..., question: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "info")
+    __slots__ = ("text", "finish_reason", "usage", "info", "citations")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     info: DocumentInfo
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ...) -> None: ...
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...) -> None: ...
 
 class AssistRequest(_message.Message):
     __slots__ = ("document", "request", "sampling", "priority", "detector", "detect_only")
@@ -268,7 +302,7 @@ class AssistRequest(_message.Message):
     def __init__(self, document: _Optional[_Union[DocumentSource, _Mapping]] = ..., request: _Optional[str] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., detector: _Optional[_Union[IntentDetector, str]] = ..., detect_only: _Optional[bool] = ...) -> None: ...
 
 class AssistResponse(_message.Message):
-    __slots__ = ("intent", "intent_source", "text", "questions", "finish_reason", "usage", "info")
+    __slots__ = ("intent", "intent_source", "text", "questions", "finish_reason", "usage", "info", "citations", "progress")
     INTENT_FIELD_NUMBER: _ClassVar[int]
     INTENT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +310,8 @@ class AssistResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     intent: Intent
     intent_source: IntentSource
     text: str
@@ -283,4 +319,6 @@ class AssistResponse(_message.Message):
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     info: DocumentInfo
-    def __init__(self, intent: _Optional[_Union[Intent, str]] = ..., intent_source: _Optional[_Union[IntentSource, str]] = ..., text: _Optional[str] = ..., questions: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ...) -> None: ...
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    progress: SummaryProgress
+    def __init__(self, intent: _Optional[_Union[Intent, str]] = ..., intent_source: _Optional[_Union[IntentSource, str]] = ..., text: _Optional[str] = ..., questions: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., info: _Optional[_Union[DocumentInfo, _Mapping]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., progress: _Optional[_Union[SummaryProgress, _Mapping]] = ...) -> None: ...

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from slmd_client._proto.slmd.v1 import common_pb2 as slmd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slmd/v1/generation.proto\x12\x07slmd.v1\x1a\x14slmd/v1/common.proto\"\xce\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12%\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x15.slmd.v1.ChatMessagesH\x00\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.slmd.v1.SamplingParams\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.slmd.v1.Priority\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x07\n\x05input\"\x94\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12,\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x15.slmd.v1.FinishReason\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.slmd.v1.Usage\"V\n\x12\x43ountTokensRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12%\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x15.slmd.v1.ChatMessagesH\x00\x42\x07\n\x05input\"\\\n\x13\x43ountTokensResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\x02 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x05\x32\x99\x01\n\nGeneration\x12\x41\n\x08Generate\x12\x18.slmd.v1.GenerateRequest\x1a\x19.slmd.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.slmd.v1.CountTokensRequest\x1a\x1c.slmd.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slmd/v1/generation.proto\x12\x07slmd.v1\x1a\x14slmd/v1/common.proto\"\x86\x02\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12%\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x15.slmd.v1.ChatMessagesH\x00\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.slmd.v1.SamplingParams\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.slmd.v1.Priority\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1f\n\x12keep_alive_seconds\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_keep_alive_seconds\"\x94\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12,\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x15.slmd.v1.FinishReason\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.slmd.v1.Usage\"V\n\x12\x43ountTokensRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12%\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x15.slmd.v1.ChatMessagesH\x00\x42\x07\n\x05input\"\\\n\x13\x43ountTokensResponse\x12\x12\n\nnum_tokens\x18\x01 \x01(\x05\x12\x16\n\x0e\x63ontext_window\x18\x02 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\x05\x32\x99\x01\n\nGeneration\x12\x41\n\x08Generate\x12\x18.slmd.v1.GenerateRequest\x1a\x19.slmd.v1.GenerateResponse0\x01\x12H\n\x0b\x43ountTokens\x12\x1b.slmd.v1.CountTokensRequest\x1a\x1c.slmd.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slmd.v1.generation_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=60
-  _globals['_GENERATEREQUEST']._serialized_end=266
-  _globals['_GENERATERESPONSE']._serialized_start=269
-  _globals['_GENERATERESPONSE']._serialized_end=417
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=419
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=505
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=507
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=599
-  _globals['_GENERATION']._serialized_start=602
-  _globals['_GENERATION']._serialized_end=755
+  _globals['_GENERATEREQUEST']._serialized_end=322
+  _globals['_GENERATERESPONSE']._serialized_start=325
+  _globals['_GENERATERESPONSE']._serialized_end=473
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=475
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=561
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=563
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=655
+  _globals['_GENERATION']._serialized_start=658
+  _globals['_GENERATION']._serialized_end=811
 # @@protoc_insertion_point(module_scope)

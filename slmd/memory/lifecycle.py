@@ -1,0 +1,116 @@
+"""The model's lifecycle on the engine thread: the pressure plan in force,
+keep-alive, unload when idle and lazy reload before the next step.
+
+The engine calls four hooks: `apply` (a new pressure level), `refuse`
+(admission of one request), `on_idle` (nothing to run) and `before_step`
+(there is work: make sure the model is loaded). Requests that arrive while
+the model is unloaded wait in the queue; the reload runs before their
+first step, so nothing is dropped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from slmd.memory.levels import PressureLevel
+from slmd.memory.model import ModelSlot
+from slmd.memory.reactor import Plan, plan_for
+from slmd.metrics import Metrics
+from slmd.request import ErrorKind, FinishReason, Priority, Request, RequestStatus
+from slmd.scheduler import ops as O
+from slmd.scheduler.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, slot: ModelSlot, scheduler: Scheduler, metrics: Metrics,
+                 run_ops: Callable[[list[O.Op]], None], keep_alive_seconds: float = -1,
+                 retry_after: float = 30.0) -> None:
+        self.slot = slot
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.run_ops = run_ops
+        self.default_keep_alive = keep_alive_seconds
+        self.keep_alive = keep_alive_seconds  # the latest request's, as Ollama does; < 0 = forever
+        self.retry_after = retry_after  # told to shed requests: about one calm period
+        self.base_max_running = scheduler.max_running
+        self.level = PressureLevel.NONE
+        self.plan: Plan = plan_for(self.level, self.base_max_running)
+        self.idle_since = time.monotonic()
+        self.num_unloads = 0
+
+    # ---- pressure ---------------------------------------------------------------
+
+    def apply(self, level: PressureLevel) -> None:
+        self.level = level
+        self.plan = p = plan_for(level, self.base_max_running)
+        sched = self.scheduler
+        ops = sched.set_max_running(p.max_running)
+        freed = sched.cache.clear_host() if p.clear_host else 0
+        ops += sched.drop_device_cache() if p.evict_device else []
+        if self.slot.is_loaded:
+            self.run_ops(ops)
+        shed = [r for r in sched.waiting if p.shed_background and r.priority == Priority.BACKGROUND
+                and r.status == RequestStatus.WAITING and not r.num_computed_tokens]
+        for req in shed:  # not started: it ends now with a retry delay, not later with nothing
+            req.error_kind, req.retry_after = ErrorKind.QUEUE_FULL, self.retry_after
+            sched.finish(req.request_id, RequestStatus.FINISHED_ABORTED, FinishReason.ABORT,
+                         f"memory pressure ({level.label}): background work is paused; retry later")
+        log.info("memory pressure %s: batch %d, host tier %d bytes freed, %d cache holders dropped, "
+                 "%d background requests shed", level.label, sched.max_running, freed,
+                 sum(isinstance(o, O.Release) for o in ops), len(shed))
+
+    def refuse(self, req: Request) -> str | None:
+        """Why `req` is not admitted now (None: admit). Also records its keep-alive."""
+        if self.plan.shed_background and req.priority == Priority.BACKGROUND:
+            return f"memory pressure ({self.level.label}): background work is not accepted now; retry later"
+        self.keep_alive = self.default_keep_alive if req.keep_alive is None else req.keep_alive
+        return None
+
+    # ---- loaded or not ----------------------------------------------------------
+
+    def before_step(self) -> str | None:
+        """Load the model if it is unloaded; returns an error message if that failed."""
+        if self.slot.is_loaded:
+            return None
+        try:
+            secs = self.slot.load()
+        except Exception as e:  # out of memory, file gone: the queued requests end cleanly
+            log.exception("model reload failed")
+            return f"the model could not be loaded: {e}"
+        self.metrics.on_model_loaded()
+        log.info("model reloaded in %.2f s (%d waiting)", secs, self.scheduler.num_waiting)
+        return None
+
+    def on_idle(self, now: float) -> float:
+        """Unload when the keep-alive has passed or pressure is critical.
+        Returns the seconds until the next check is due."""
+        if not self.slot.is_loaded or not self.slot.can_unload:
+            return 0.5
+        if self.plan.unload_when_idle:
+            self.unload(f"memory pressure {self.level.label}")
+            return 0.5
+        if self.keep_alive < 0:
+            return 0.5
+        left = self.idle_since + self.keep_alive - now
+        if left <= 0:
+            self.unload(f"idle for {self.keep_alive:g} s (keep_alive)")
+            return 0.5
+        return min(0.5, left)
+
+    def on_busy(self, now: float) -> None:
+        self.idle_since = now
+
+    def unload(self, why: str) -> None:
+        """Free the context and the model. Only when nothing runs or waits:
+        every KV stream is then a cache holder, dropped with the context."""
+        sched = self.scheduler
+        assert not sched.has_work, "unload with work in flight"
+        sched.drop_device_cache(include_fresh=True)  # no ops to run: the context goes away
+        sched.cache.clear_host()  # restorable, but the point is to give memory back
+        self.slot.unload()
+        self.num_unloads += 1
+        self.metrics.on_model_unloaded()
+        log.info("model unloaded: %s", why)
