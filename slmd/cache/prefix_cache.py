@@ -124,7 +124,7 @@ class PrefixCache:
         for h in redundant:
             if isinstance(h, DeviceKV):
                 out.append(h.seq_id)
-            else:
+            elif isinstance(h, HostKV):
                 self.stats.host_bytes -= h.num_bytes
         return out
 
@@ -170,6 +170,8 @@ class PrefixCache:
 
     def demote(self, ns: str, node: Node, data: bytes) -> None:
         """The device holder's state now lives in host memory."""
+        if not isinstance(node.holder, PendingSave):  # dropped meanwhile
+            return
         node.holder = HostKV(data, node.depth, node.holder.exact)
         self.stats.saves += 1
         self.stats.host_bytes += len(data)

@@ -165,7 +165,7 @@ class RadixTree:
         # ancestors' holders are now prefixes of this one
         anc = node.parent
         while anc is not None and anc is not self.root:
-            if anc.holder is not None and anc.lock_ref == 0:
+            if anc.holder is not None and anc.lock_ref == 0 and not isinstance(anc.holder, PendingSave):
                 redundant.append(anc.holder)
                 anc.holder = None
             anc = anc.parent

@@ -2,8 +2,9 @@
 text is tokenized once, split on token boundaries into chunks of
 `chunk_tokens` tokens, and the first chunks that fit the budget are kept.
 All chunks of the whole text are kept too: tasks on documents longer than
-the budget choose among them (retrieval, map-reduce). Each chunk remembers the section it starts in ("page 2", "slide 1"), so
-answers can point at where the text came from.
+the budget choose among them (retrieval, map-reduce). Each chunk remembers
+the section it starts in ("page 2", "slide 1"), so answers can point at
+where the text came from.
 
 Document text is always tokenized with special tokens off: a document that
 contains "<|im_end|>" gets the plain characters, never the control token, so

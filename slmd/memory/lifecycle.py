@@ -35,11 +35,13 @@ class Lifecycle:
         self.default_keep_alive = keep_alive_seconds
         self.keep_alive = keep_alive_seconds  # the latest request's, as Ollama does; < 0 = forever
         self.retry_after = retry_after  # told to shed requests: about one calm period
+        self.full = scheduler.cfg  # the configured layout; a reload under pressure may be smaller
         self.base_max_running = scheduler.max_running
         self.level = PressureLevel.NONE
         self.plan: Plan = plan_for(self.level, self.base_max_running)
         self.idle_since = time.monotonic()
         self.num_unloads = 0
+        self.unloaded_by_pressure = False  # reload when the pressure passes, not on the next request
 
     # ---- pressure ---------------------------------------------------------------
 
@@ -75,22 +77,35 @@ class Lifecycle:
         """Load the model if it is unloaded; returns an error message if that failed."""
         if self.slot.is_loaded:
             return None
+        streams = self.plan.reload_streams or self.full.num_sequences
         try:
-            secs = self.slot.load()
+            self.scheduler.resize(streams, self.full)
+            secs = self.slot.load(streams)
         except Exception as e:  # out of memory, file gone: the queued requests end cleanly
             log.exception("model reload failed")
             return f"the model could not be loaded: {e}"
+        self.scheduler.set_max_running(self.plan.max_running)
         self.metrics.on_model_loaded()
-        log.info("model reloaded in %.2f s (%d waiting)", secs, self.scheduler.num_waiting)
+        log.info("model reloaded in %.2f s with %d KV streams (%d waiting)", secs, streams,
+                 self.scheduler.num_waiting)
         return None
 
     def on_idle(self, now: float) -> float:
-        """Unload when the keep-alive has passed or pressure is critical.
-        Returns the seconds until the next check is due."""
-        if not self.slot.is_loaded or not self.slot.can_unload:
+        """Unload when the keep-alive has passed or pressure is critical; come
+        back at the configured size once the pressure has passed. Returns the
+        seconds until the next check is due."""
+        if not self.slot.can_unload:
+            return 0.5
+        if not self.slot.is_loaded:
+            if self.unloaded_by_pressure and self.level == PressureLevel.NONE:
+                self._back_to_full()
             return 0.5
         if self.plan.unload_when_idle:
-            self.unload(f"memory pressure {self.level.label}")
+            self.unload(f"memory pressure {self.level.label}", by_pressure=True)
+            return 0.5
+        if self.plan.reload_streams is None and self.slot.num_sequences < self.full.num_sequences:
+            self.unload("the pressure has passed")
+            self._back_to_full()
             return 0.5
         if self.keep_alive < 0:
             return 0.5
@@ -100,17 +115,26 @@ class Lifecycle:
             return 0.5
         return min(0.5, left)
 
+    def _back_to_full(self) -> None:
+        """Reload at the configured size now, while nothing runs (a request
+        arriving meanwhile waits in the queue)."""
+        self.unloaded_by_pressure = False
+        if self.before_step() is None:
+            log.info("back to the configured size after memory pressure")
+        self.idle_since = time.monotonic()
+
     def on_busy(self, now: float) -> None:
         self.idle_since = now
 
-    def unload(self, why: str) -> None:
+    def unload(self, why: str, *, by_pressure: bool = False) -> None:
         """Free the context and the model. Only when nothing runs or waits:
         every KV stream is then a cache holder, dropped with the context."""
         sched = self.scheduler
         assert not sched.has_work, "unload with work in flight"
-        sched.drop_device_cache(include_fresh=True)  # no ops to run: the context goes away
+        sched.drop_device_cache()  # no ops to run: the context goes away
         sched.cache.clear_host()  # restorable, but the point is to give memory back
         self.slot.unload()
+        self.unloaded_by_pressure = by_pressure
         self.num_unloads += 1
         self.metrics.on_model_unloaded()
         log.info("model unloaded: %s", why)

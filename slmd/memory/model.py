@@ -29,13 +29,14 @@ class NotLoaded(Exception):
 class ModelSlot:
     """A `Runtime` that delegates to a loaded runtime, or is unloaded."""
 
-    def __init__(self, factory: Callable[[], Runtime] | None, runtime: Runtime | None = None, *,
+    def __init__(self, factory: Callable[[int | None], Runtime] | None, runtime: Runtime | None = None, *,
                  grammar_check: Callable[[str], str | None] | None = None) -> None:
-        self._factory = factory
-        self._rt = runtime if runtime is not None else self._make()
+        self._factory = factory  # num_sequences (None: as configured) -> a loaded runtime
+        self._rt = runtime if runtime is not None else self._make(None)
         self._grammar_check = grammar_check  # used while unloaded
-        self._lock = threading.Lock()  # load/unload vs. grammar checks from the asyncio thread
-        self.info: ModelInfo = self._rt.info
+        self._lock = threading.Lock()  # swapping the runtime vs. grammar checks from the asyncio thread
+        self.info: ModelInfo = self._rt.info  # as first loaded (the configured size)
+        self.num_sequences = self.info.num_sequences  # of the context now, or last loaded
         self.kv_bytes_per_token = float(getattr(self._rt, "kv_bytes_per_token", 0.0))
         n = self.info.n_vocab
         self._pieces = [self._rt.token_bytes(t) for t in range(n)]
@@ -43,10 +44,10 @@ class ModelSlot:
         self.num_loads = 1
         self.last_load_seconds = 0.0
 
-    def _make(self) -> Runtime:
+    def _make(self, num_sequences: int | None) -> Runtime:
         if self._factory is None:
             raise NotLoaded("this runtime cannot be reloaded (no factory)")
-        return self._factory()
+        return self._factory(num_sequences)
 
     # ---- lifecycle (engine thread) -------------------------------------------
 
@@ -58,16 +59,19 @@ class ModelSlot:
     def can_unload(self) -> bool:
         return self._factory is not None
 
-    def load(self) -> float:
-        """Load again (no-op when loaded); returns the seconds it took."""
+    def load(self, num_sequences: int | None = None) -> float:
+        """Load again with `num_sequences` KV streams (None: as configured);
+        a no-op when loaded. Returns the seconds it took."""
+        if self._rt is not None:
+            return 0.0
+        t0 = time.perf_counter()
+        rt = self._make(num_sequences)  # outside the lock: a grammar check must not wait seconds for this
         with self._lock:
-            if self._rt is not None:
-                return 0.0
-            t0 = time.perf_counter()
-            self._rt = self._make()
-            self.num_loads += 1
-            self.last_load_seconds = time.perf_counter() - t0
-            return self.last_load_seconds
+            self._rt = rt
+        self.num_sequences = rt.info.num_sequences
+        self.num_loads += 1
+        self.last_load_seconds = time.perf_counter() - t0
+        return self.last_load_seconds
 
     def unload(self) -> None:
         with self._lock:

@@ -8,7 +8,9 @@ applies the level's `Plan` on its own thread (core.Engine.set_pressure).
             RetryInfo: retry once the calm period has passed).
   CRITICAL  also run one sequence at a time (lower classes are paused with
             their KV in place and resume later), and unload the model as
-            soon as nothing runs. The next request reloads it.
+            soon as nothing runs. The next request reloads it with a context
+            of one KV stream (a fraction of the memory); once the pressure
+            has passed, the idle engine reloads it at full size.
 
 No accepted request is dropped: a paused request resumes, a shed one ends
 with RESOURCE_EXHAUSTED and a retry delay."""
@@ -39,14 +41,15 @@ class Plan:
     clear_host: bool
     evict_device: bool
     unload_when_idle: bool
+    reload_streams: int | None  # KV streams of a context loaded now; None: as configured
 
 
 def plan_for(level: PressureLevel, max_running: int) -> Plan:
     if level == PressureLevel.CRITICAL:
-        return Plan(1, True, True, True, True)
+        return Plan(1, True, True, True, True, 1)
     if level == PressureLevel.MODERATE:
-        return Plan(max(1, max_running // 2), True, True, True, False)
-    return Plan(max_running, False, False, False, False)
+        return Plan(max(1, max_running // 2), True, True, True, False, None)
+    return Plan(max_running, False, False, False, False, None)
 
 
 class MemoryReactor:

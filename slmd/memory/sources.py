@@ -319,7 +319,8 @@ class Watcher:
     def stop(self) -> None:
         self._stopping.set()
         os.write(self._wake_w, b"x")
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         for s in self.sources:
             s.close()
         os.close(self._wake_r)

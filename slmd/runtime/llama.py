@@ -77,7 +77,8 @@ class LlamaRuntime:
         self.cfg = cfg
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 999 if cfg.n_gpu_layers < 0 else cfg.n_gpu_layers
-        mp.use_mmap = cfg.use_mmap
+        # weights memory-mapped (shared page cache, cheap unload) unless configured off
+        mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if cfg.use_mmap else L.LLAMA_LOAD_MODE_NONE
         self.model = L.llama_model_load_from_file(str(cfg.model_path).encode(), mp)
         if not self.model:
             raise RuntimeError_(f"llama.cpp could not load the model: {cfg.model_path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from slmd.cache.prefix_cache import CacheConfig, Hit, PrefixCache
@@ -177,44 +177,29 @@ class Scheduler:
         budget = self.cfg.step_token_budget
         out = SchedulerOutput(StepBatch(()), [], [])
         planned: dict[str, tuple[Request, int]] = {}  # request id -> (request, tokens this step)
+        deferred: list[Request] = []
+
+        # A waiting request of a higher class than some running one goes first,
+        # before lower classes spend the budget: it may preempt them.
+        while budget > 0 and len(self.waiting) and self.running \
+                and self.waiting.peek().priority > min(r.priority for r in self.running):
+            budget, ok = self._admit_next(out, budget, planned, deferred)
+            if not ok:
+                break
 
         for req in sorted(self.running, key=lambda r: (-r.priority, r.num_pending_tokens)):
             if budget <= 0:
                 break
+            if req.request_id in planned:
+                continue
             num = self._chunk(req, budget)
             budget -= num
             planned[req.request_id] = (req, num)
 
-        deferred: list[Request] = []
         while budget > 0 and len(self.waiting):
-            req = self.waiting.peek()
-            # match first: the hit's source is locked, so making room cannot evict it
-            hit = self._match(req)
-            live = None
-            if self.cache.cfg.enabled and not req.deterministic and req.seq_id is None and not req.num_computed_tokens:
-                best = max(hit.num_tokens if hit else 0, self.cache.cfg.min_tokens - 1)
-                if inflight.should_wait(req, self.running, best):
-                    if hit is not None:
-                        self.cache.release_hit(hit)
-                    deferred.append(self.waiting.pop())
-                    continue
-                live = inflight.running_source(req, self.running, best)
-                if live is not None and hit is not None:
-                    self.cache.release_hit(hit)
-                    hit = None
-            preempted = self._make_room(req, out.ops)
-            if preempted is None:
-                if hit is not None:
-                    self.cache.release_hit(hit)
+            budget, ok = self._admit_next(out, budget, planned, deferred)
+            if not ok:
                 break
-            for victim in preempted:  # its planned work is off: refund the budget
-                _, num = planned.pop(victim.request_id, (None, 0))
-                budget += num
-            self.waiting.pop()
-            self._start(req, out, hit, live)
-            num = self._chunk(req, budget)
-            budget -= num
-            planned[req.request_id] = (req, num)
         for req in reversed(deferred):
             self.waiting.push(req, front=True)
 
@@ -228,6 +213,38 @@ class Scheduler:
             out.work.append(ScheduledWork(req, num, sample, req.num_pending_tokens > 1 or not req.output_ids))
         out.batch = StepBatch(((tuple(shared),) if shared else ()) + tuple(solo))
         return out
+
+    def _admit_next(self, out: SchedulerOutput, budget: int, planned: dict, deferred: list) -> tuple[int, bool]:
+        """Start the head of the queue if there is room (preempting lower
+        classes if need be). Returns the budget left and whether to go on."""
+        req = self.waiting.peek()
+        # match first: the hit's source is locked, so making room cannot evict it
+        hit = self._match(req)
+        live = None
+        if self.cache.cfg.enabled and not req.deterministic and req.seq_id is None and not req.num_computed_tokens:
+            best = max(hit.num_tokens if hit else 0, self.cache.cfg.min_tokens - 1)
+            if inflight.should_wait(req, self.running, best):
+                if hit is not None:
+                    self.cache.release_hit(hit)
+                deferred.append(self.waiting.pop())
+                return budget, True
+            live = inflight.running_source(req, self.running, best)
+            if live is not None and hit is not None:
+                self.cache.release_hit(hit)
+                hit = None
+        preempted = self._make_room(req, out.ops)
+        if preempted is None:
+            if hit is not None:
+                self.cache.release_hit(hit)
+            return budget, False
+        for victim in preempted:  # its planned work is off: refund the budget
+            _, num = planned.pop(victim.request_id, (None, 0))
+            budget += num
+        self.waiting.pop()
+        self._start(req, out, hit, live)
+        num = self._chunk(req, budget)
+        planned[req.request_id] = (req, num)
+        return budget - num, True
 
     def _chunk(self, req: Request, budget: int) -> int:
         if req.deterministic:
@@ -284,11 +301,25 @@ class Scheduler:
             self._preempt(victim, ops, need_stream=False)
         return ops
 
-    def drop_device_cache(self, *, include_fresh: bool = False) -> list[O.Op]:
-        """Give up every unlocked device cache holder (memory pressure), or all
-        of them when the context is about to be freed (`include_fresh`)."""
+    def resize(self, num_sequences: int, full: SchedulerConfig) -> None:
+        """Lay the streams out for a context of `num_sequences` (the model is
+        reloaded smaller under memory pressure, or at `full` size again). Only
+        while unloaded: no request holds a stream and no holder is cached."""
+        assert not self.running and not self.cache.device_holders()
+        assert all(r.seq_id is None for r in self.waiting)
+        run = min(full.max_running or full.num_sequences, num_sequences)
+        self.cfg = replace(self.cfg, num_sequences=num_sequences, max_running=run)
+        self.max_running = min(self.max_running, run)
+        self._free_run = list(range(run))
+        self._free_hold = list(range(num_sequences - 1, run - 1, -1))
+        self._fresh_holders.clear()
+
+    def drop_device_cache(self) -> list[O.Op]:
+        """Give up every unlocked device cache holder (memory pressure, unload).
+        Fresh holders too: a drop never reads the stream, and a pending copy
+        into a released stream only writes cells nobody owns."""
         ops: list[O.Op] = []
-        while (picked := self.cache.evict_device(skip=set() if include_fresh else self._fresh_holders)) is not None:
+        while (picked := self.cache.evict_device()) is not None:
             ns, node, seq = picked
             self.cache.drop(ns, node)
             ops.append(O.Release(seq))

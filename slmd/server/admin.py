@@ -59,7 +59,7 @@ class AdminServicer:
             uptime_seconds=time.monotonic() - st.started_at,
             running_requests=self.engine.scheduler.num_running,
             waiting_requests=self.engine.scheduler.num_waiting,
-            num_sequences=self.info.num_sequences,
+            num_sequences=self.engine.runtime.num_sequences,  # of the context now (smaller under pressure)
             context_window=self.info.context_per_sequence,
             generated_tokens_total=st.generation_tokens_total,
             prompt_tokens_total=st.prompt_tokens_total,

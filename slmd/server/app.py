@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -74,7 +74,8 @@ def build(cfg: Config) -> Daemon:
         kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
     )
     # the engine unloads the model under memory pressure or after keep_alive, and reloads it from here
-    runtime = ModelSlot(lambda: LlamaRuntime(runtime_cfg), grammar_check=vocab_grammar_check(model_path))
+    runtime = ModelSlot(lambda n: LlamaRuntime(replace(runtime_cfg, num_sequences=n or runtime_cfg.num_sequences)),
+                        grammar_check=vocab_grammar_check(model_path))
     info = runtime.info
     metrics.on_model_loaded()
     log.info("model %s (%s, %.1f M params, %d sequences x %d tokens)", info.name, info.architecture,

@@ -102,11 +102,12 @@ def test_long_summary_is_map_reduced_cached_and_covers_the_whole_document(client
     started = time.monotonic()
     first = docs.collect(docs.summarize(opened))
     first_seconds = time.monotonic() - started
-    num_parts = -(-opened.info.num_document_chunks // 5)
+    # 11 parts of 5 chunks, then 3 parts of their summaries
+    num_parts = -(-opened.info.num_document_chunks // 5) + 3
     steps = first.progress
     assert steps and steps[-1].is_reducing and steps[-1].num_parts == num_parts
     assert [p.num_parts_done for p in steps[:-1]] == list(range(1, num_parts + 1))
-    assert steps[0].part_label.startswith("page")
+    assert steps[0].part_label.startswith("page") and steps[-2].part_label.startswith("pages")
     assert first.text.strip() and first.finish_reason is not None
     text = first.text.lower()
     named = {name: any(word.lower() in text for word in name.split()) for _, name in TOPICS}
@@ -117,8 +118,10 @@ def test_long_summary_is_map_reduced_cached_and_covers_the_whole_document(client
     second = docs.collect(docs.summarize(opened))
     second_seconds = time.monotonic() - started
     print(f"first summary {first_seconds:.1f} s, second {second_seconds:.1f} s")
-    assert second.progress[0].num_cached_parts == num_parts and second.progress[-1].is_reducing
-    assert second.text == first.text  # greedy, same parts: the same final prompt
+    assert second.progress[-1].is_reducing and second.progress[-1].num_cached_parts == num_parts
+    # The same final prompt; the text may still differ a little, since the
+    # reduce prompt's prefix now comes from the prefix cache (not bit-exact).
+    assert second.text.strip() and second.finish_reason is not None
     assert second_seconds < first_seconds / 3
 
 

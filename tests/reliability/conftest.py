@@ -42,8 +42,8 @@ def threads(env: str = "SLMD_RELIABILITY_THREADS", default: int = 1) -> str:
     return os.environ.get(env, str(default))
 
 
-# This suite's knobs (SLMD_SOAK_SECONDS, ...) are not daemon settings: the
-# daemon would refuse them as unknown `SLMD_*` keys.
+# This suite's knobs (SLMD_SOAK_SECONDS, ...) are not daemon settings: they
+# are kept out of the daemon's environment.
 _KNOB_PREFIXES = ("SLMD_SOAK_", "SLMD_RELIABILITY_", "SLMD_FUZZ_", "SLMD_ISOLATION_")
 
 

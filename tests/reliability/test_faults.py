@@ -261,10 +261,7 @@ def _replace_with_garbage(path: Path) -> None:
 @pytest.mark.parametrize("damage,use_mmap", [
     pytest.param(os.unlink, True, id="removed"),
     pytest.param(_replace_with_garbage, True, id="replaced"),
-    pytest.param(_truncate, False, id="truncated-in-place-no-mmap", marks=pytest.mark.xfail(
-        strict=True, reason="known bug: model.use_mmap=false is ignored (slmd/runtime/llama.py sets "
-                            "llama_model_params.use_mmap, a field llama-cpp-python 0.3.36 no longer has; it is "
-                            "load_mode now), so the weights stay mmapped and a truncated file is a SIGBUS")),
+    pytest.param(_truncate, False, id="truncated-in-place-no-mmap"),
     pytest.param(_truncate, True, id="truncated-in-place-mmap", marks=pytest.mark.xfail(
         strict=True, reason="known limitation: mmapped weights of a file truncated in place are a SIGBUS; "
                             "replace model files by rename (as `slmd pull` does), see tests/RELIABILITY.md")),

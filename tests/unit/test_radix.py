@@ -107,3 +107,12 @@ def test_match_falls_back_to_ancestors_when_a_leaf_has_no_kv():
     a.holder = PendingSave(0)  # on its way to the host tier
     m = t.match([1, 2, 3, 4, 9])
     assert m.num_tokens == 2 and m.source.holder.seq_id == 1
+
+
+def test_a_pending_save_is_never_made_redundant():
+    c = PrefixCache(CacheConfig(min_tokens=1))
+    c.insert(list(range(20)), "app:a", 1)
+    ns, node, seq = c.evict_device()
+    assert c.insert(list(range(20)) + [99, 100], "app:a", 2) == []
+    c.demote(ns, node, b"z" * 10)  # the save lands after the longer holder arrived
+    assert c.stats.host_bytes == 10

@@ -224,3 +224,14 @@ def test_concurrent_requests_on_one_document_share_its_prefill():
     # q2 waited for q1's document prefill, then copied it from q1's running stream
     assert len(copies) == 1 and copies[0].num_tokens == 200
     assert fed["q1"] == 202 + 1 and fed["q2"] == 2 + 1
+
+
+def test_interactive_arrival_goes_before_background_prefill_spends_the_budget():
+    s = sched(num_sequences=2, step_token_budget=8)
+    s.add(mk("bg", 40, prio=Priority.BACKGROUND, app="batch"))
+    out = s.schedule()
+    s.update(out, sample_all(out))
+    s.add(mk("ui", 3, prio=Priority.INTERACTIVE, app="ui"))
+    out = s.schedule()
+    works = {w.request.request_id: w.num_tokens for w in out.work}
+    assert works["ui"] == 3 and works.get("bg", 0) == 5  # ui first, bg gets what is left

@@ -239,5 +239,5 @@ class Documents:
         return result
 
 
-__all__ = ["AsyncDocuments", "Citation", "DocChunk", "DocResult", "DocumentId", "DocumentInfo", "Documents", "InputMeasure",
-           "OpenedDocument", "Questions", "SummaryProgress"]
+__all__ = ["AsyncDocuments", "Citation", "DocChunk", "DocResult", "DocumentId", "DocumentInfo", "Documents",
+           "InputMeasure", "OpenedDocument", "Questions", "SummaryProgress"]
