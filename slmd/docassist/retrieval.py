@@ -48,13 +48,17 @@ class Bm25Index:
 
     def __init__(self, chunks: Sequence[Chunk]) -> None:
         self.num_chunks = len(chunks)
-        self._bm25 = bm25s.BM25()
-        self._bm25.index(_tokens([c.text for c in chunks]), show_progress=False)
-        self.num_bytes = sum(a.nbytes for a in self._bm25.scores.values() if isinstance(a, np.ndarray))
+        corpus = _tokens([c.text for c in chunks])
+        self._bm25 = None
+        self.num_bytes = 0
+        if any(corpus):  # a text without a single word (symbols, marks) has nothing to index
+            self._bm25 = bm25s.BM25()
+            self._bm25.index(corpus, show_progress=False)
+            self.num_bytes = sum(a.nbytes for a in self._bm25.scores.values() if isinstance(a, np.ndarray))
 
     def scores(self, query: str) -> np.ndarray:
         words = _tokens([query])[0]
-        if not words:
+        if not words or self._bm25 is None:
             return np.zeros(self.num_chunks, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(words), dtype=np.float32)
 

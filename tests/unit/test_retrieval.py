@@ -144,3 +144,11 @@ def test_hybrid_retrieval_with_the_packaged_embedding_model(chunked, index):
         fused = retrieval.reciprocal_rank_fusion(scores, vectors @ embedder.embed([fact.question])[0])
         context = retrieval.fill_budget(retrieval.rank(chunked.all_chunks, scores, fused), 1000)
         assert any(fact.answer in c.text for c in context), fact
+
+
+def test_a_document_without_words_ranks_without_crashing():
+    from slmd.docassist.chunking import Chunk
+    from slmd.docassist.retrieval import Bm25Index
+
+    index = Bm25Index([Chunk("a\u0301" * 300, "document", 100)])
+    assert list(index.scores("what is it?")) == [0.0]
