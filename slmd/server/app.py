@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from slmd_client._proto.slmd.v1 import admin_pb2, documents_pb2, generation_pb2
 
@@ -111,7 +111,13 @@ def build(cfg: Config) -> Daemon:
     register(server, DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,
                                        info.context_per_sequence, cfg.docs, policies.priority), SERVICES[2], metrics)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Check goes through slmd's registry (corrupt bytes -> INVALID_ARGUMENT); Watch,
+    # a long-lived stream written with context.write, keeps grpc's plain handler
+    register(server, health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"], metrics, only=("Check",))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            health_servicer.Watch, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString)}),))
     reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
     return Daemon(cfg, engine, runtime, server, health_servicer, front, metrics, reactor)
 

@@ -68,6 +68,9 @@ def _unary(fn, metrics: Metrics, method: str):
         except RpcError as e:
             out.code = e.code
             await abort(context, e)
+        except grpc.aio.AbortError:  # the handler aborted the call itself (grpc's own servicers do)
+            out.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
         except asyncio.CancelledError:
             out.code = grpc.StatusCode.CANCELLED
             raise
@@ -107,10 +110,14 @@ def _stream(fn, metrics: Metrics, method: str):
 
 
 def register(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor,
-             metrics: Metrics | None = None) -> None:
+             metrics: Metrics | None = None, only: tuple[str, ...] | None = None) -> None:
+    """`only`: register just these methods (the rest can come from another handler,
+    added after this one: grpc picks the first handler that knows a method)."""
     metrics = metrics or Metrics()
     handlers = {}
     for method in service.methods:
+        if only is not None and method.name not in only:
+            continue
         fn = getattr(servicer, method.name)
         req_cls = GetMessageClass(method.input_type)
         resp_cls = GetMessageClass(method.output_type)

@@ -304,9 +304,7 @@ def _mutations(data: bytes):
     )
 
 
-@pytest.mark.parametrize("method", [*REQUESTS, pytest.param("Check", marks=pytest.mark.xfail(
-    strict=True, reason="known bug: grpc.health.v1.Health is added with grpc's own handler (slmd/server/app.py), "
-                        "not through slmd/server/registry.py, so corrupt bytes get UNKNOWN"))])
+@pytest.mark.parametrize("method", [*REQUESTS, "Check"])
 def test_raw_bytes(prober, method):
     """Random bytes and corrupted valid messages. Most do not parse (and must
     be INVALID_ARGUMENT); some parse by chance and are then judged as requests."""
