@@ -43,18 +43,20 @@ TOPICS = ["the weather", "a meeting", "lunch plans", "a book", "the garden", "a 
           "a bicycle", "the office", "a recipe"]
 
 
-def mem_of(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes."""
-    rss = pss = 0
+def mem_of(pid: int) -> tuple[int, int, int]:
+    """(RSS, PSS, anonymous RSS) in bytes."""
+    rss = pss = anon = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) * 1024
+            elif line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) * 1024
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             if line.startswith("Pss:"):
                 pss = int(line.split()[1]) * 1024
-    return rss, pss
+    return rss, pss, anon
 
 
 def ttft(client: Client, prompt: str, **kw) -> float:
@@ -88,29 +90,29 @@ def lifecycle(model: Path, threads: int, tmp: Path) -> list[list]:
             cold = ttft(c, PROMPT.format(topic=next(topics)))
             rows.append(["cold start", start_s, cold, rss_idle / MIB, mem_of(d.proc.pid)[0] / MIB])
             warm = ttft(c, PROMPT.format(topic=next(topics)))
-            rows.append(["warm", 0.0, warm, mem_of(d.proc.pid)[0] / MIB, mem_of(d.proc.pid)[0] / MIB])
+            rows.append(["warm", None, warm, mem_of(d.proc.pid)[0] / MIB, mem_of(d.proc.pid)[0] / MIB])
             ttft(c, PROMPT.format(topic=next(topics)), keep_alive=0)
             _wait(lambda: not c.status().model_loaded)
             time.sleep(0.5)
             unloaded = mem_of(d.proc.pid)[0]
-            rows.append(["unloaded (keep_alive=0)", 0.0, float("nan"), unloaded / MIB, unloaded / MIB])
+            rows.append(["unloaded (keep_alive=0)", None, None, unloaded / MIB, unloaded / MIB])
             reload = ttft(c, PROMPT.format(topic=next(topics)))
-            rows.append(["first request after unload", 0.0, reload, unloaded / MIB, mem_of(d.proc.pid)[0] / MIB])
+            rows.append(["first request after unload", None, reload, unloaded / MIB, mem_of(d.proc.pid)[0] / MIB])
             again = ttft(c, PROMPT.format(topic=next(topics)))
-            rows.append(["warm after reload", 0.0, again, mem_of(d.proc.pid)[0] / MIB, mem_of(d.proc.pid)[0] / MIB])
+            rows.append(["warm after reload", None, again, mem_of(d.proc.pid)[0] / MIB, mem_of(d.proc.pid)[0] / MIB])
             before = mem_of(d.proc.pid)[0]
             c.signal_memory_pressure("running_critical")
             _wait(lambda: not c.status().model_loaded)
             time.sleep(0.5)
             crit = mem_of(d.proc.pid)[0]
-            rows.append(["critical pressure, idle: unloaded", 0.0, float("nan"), before / MIB, crit / MIB])
+            rows.append(["critical pressure, idle (unloaded)", None, None, before / MIB, crit / MIB])
             small = ttft(c, PROMPT.format(topic=next(topics)))
-            rows.append(["request under critical (1-stream context)", 0.0, small, crit / MIB,
+            rows.append(["request under critical (1-stream context)", None, small, crit / MIB,
                          mem_of(d.proc.pid)[0] / MIB])
             c.signal_memory_pressure("none")
             _wait(lambda: (lambda s: s.model_loaded and s.num_sequences == 16)(c.status()))
             full = ttft(c, PROMPT.format(topic=next(topics)))
-            rows.append(["pressure passed (full context back)", 0.0, full, crit / MIB, mem_of(d.proc.pid)[0] / MIB])
+            rows.append(["pressure passed (full context back)", None, full, crit / MIB, mem_of(d.proc.pid)[0] / MIB])
     finally:
         d.stop()
     return rows
@@ -122,8 +124,7 @@ WORKER = r'''
 import sys, ctypes, numpy as np, llama_cpp as L
 model_path, n_ctx, threads, prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 L.llama_backend_init()
-mp = L.llama_model_default_params()
-mp.use_mmap = sys.argv[6] == "mmap"
+mp = L.llama_model_default_params()  # weights memory-mapped, as slmd loads them
 model = L.llama_model_load_from_file(model_path.encode(), mp)
 cp = L.llama_context_default_params()
 cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch, cp.n_seq_max = n_ctx, 512, threads, threads, 1
@@ -144,9 +145,9 @@ sys.stdin.readline()  # hold the memory until the parent has measured
 '''
 
 
-def separate_processes(model: Path, threads: int, n: int = 4, mmap: bool = True) -> tuple[int, int, float]:
+def separate_processes(model: Path, threads: int, n: int = 4) -> tuple[int, int, int, float]:
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(model), "2048", str(threads),
-                               PROMPT.format(topic=TOPICS[i]), str(GEN_TOKENS), "mmap" if mmap else "read"],
+                               PROMPT.format(topic=TOPICS[i]), str(GEN_TOKENS)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for i in range(n)]
     t0 = time.perf_counter()
@@ -159,14 +160,13 @@ def separate_processes(model: Path, threads: int, n: int = 4, mmap: bool = True)
         for p in procs:
             p.stdin.close()
             p.wait(30)
-    return sum(m[0] for m in mems), sum(m[1] for m in mems), secs
+    return sum(m[0] for m in mems), sum(m[1] for m in mems), sum(m[2] for m in mems), secs
 
 
-def one_slmd(model: Path, threads: int, tmp: Path, streams: int | None, n: int = 4,
-             mmap: bool = True) -> tuple[int, int, float]:
+def one_slmd(model: Path, threads: int, tmp: Path, streams: int | None, n: int = 4) -> tuple[int, int, int, float]:
     apps = [f"app{i}" for i in range(n)]
     cfg = write_config(tmp / f"apps{streams}.toml", apps)
-    env = {"SLMD_MEMORY__PSI": "false", "SLMD_MODEL__USE_MMAP": "true" if mmap else "false"}
+    env = {"SLMD_MEMORY__PSI": "false"}
     extra: tuple[str, ...] = ("--metrics-port", "0")
     if streams:
         env["SLMD_ENGINE__NUM_SEQUENCES"] = str(streams)
@@ -184,10 +184,14 @@ def one_slmd(model: Path, threads: int, tmp: Path, streams: int | None, n: int =
         t0 = time.perf_counter()
         asyncio.run(serve_all())
         secs = time.perf_counter() - t0
-        rss, pss = mem_of(d.proc.pid)
+        mem = mem_of(d.proc.pid)
     finally:
         d.stop()
-    return rss, pss, secs
+    return (*mem, secs)
+
+
+def _median(values: list) -> float | str:
+    return "-" if None in values else statistics.median(values)
 
 
 def main() -> None:
@@ -199,20 +203,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         runs = [lifecycle(args.model, args.threads, tmp) for _ in range(args.repeat)]
-        life = [[rs[0][0], *(statistics.median(r[i] for r in rs) for i in range(1, 5))] for rs in zip(*runs)]
-        apps = []
-        for mmap in (True, False):
-            how = "mmap" if mmap else "weights read into memory"
-            sep = separate_processes(args.model, 1, mmap=mmap)  # 4 processes on a small machine: one thread each
-            small = one_slmd(args.model, args.threads, tmp, 4, mmap=mmap)
-            default = one_slmd(args.model, args.threads, tmp, None, mmap=mmap)
-            apps += [[f"4 llama.cpp processes, 1 ctx x 2048 each ({how})", sep[0] / MIB, sep[1] / MIB, sep[2]],
-                     [f"1 slmd, 4 streams x 2048 ({how})", small[0] / MIB, small[1] / MIB, small[2]],
-                     [f"1 slmd, default 16 streams x 2048 ({how})", default[0] / MIB, default[1] / MIB, default[2]]]
+        life = [[rs[0][0], *(_median([r[i] for r in rs]) for i in range(1, 5))] for rs in zip(*runs)]
+        sep = separate_processes(args.model, 1)  # 4 processes on a small machine: one thread each
+        small = one_slmd(args.model, args.threads, tmp, 4)
+        default = one_slmd(args.model, args.threads, tmp, None)
+    apps = [[name, m[0] / MIB, m[1] / MIB, m[2] / MIB, m[3]] for name, m in (
+        ("4 llama.cpp processes, 1 ctx x 2048 each", sep), ("1 slmd, 4 streams x 2048", small),
+        ("1 slmd, default 16 streams x 2048", default))]
 
     h1 = ["phase", "start s", "TTFT s", "RSS before MiB", "RSS after MiB"]
     print_table(h1, life)
-    h2 = ["4 apps served by", "RSS sum MiB", "PSS sum MiB", "wall s"]
+    h2 = ["4 apps served by", "RSS sum MiB", "PSS sum MiB", "anon RSS sum MiB", "wall s"]
     print()
     print_table(h2, apps)
     notes = [
@@ -225,7 +226,8 @@ def main() -> None:
         "(process start, imports, model load, context creation). The first request after an unload pays "
         "the lazy reload (weights still in the page cache: a warm start).",
         "RSS of the processes counts the memory-mapped weights in each; PSS splits shared pages, so the "
-        "PSS sum is the physical memory. The 4-process wall time is spawn to all 4 generations done; "
+        "PSS sum is the physical memory; anonymous RSS is private memory (KV, compute buffers, heap), the "
+        "rest is file pages (weights, libraries) that the page cache shares. The 4-process wall time is spawn to all 4 generations done; "
         "slmd's is the 4 concurrent requests only (the daemon was already up). Each separate process "
         "ran with 1 thread (4 processes sharing the cores).",
         "Under critical pressure the idle model is unloaded; the next request reloads it with one KV "
@@ -250,11 +252,11 @@ def _plot(life: list[list], apps: list[list], out: Path) -> None:
     a1.bar(names, [r[4] for r in life], color="tab:blue")
     a1.set_title("daemon RSS after each phase (MiB)")
     a1.tick_params(axis="x", rotation=30)
-    t = [(n, r[2]) for n, r in zip(names, life) if r[2] == r[2]]
+    t = [(n, r[2]) for n, r in zip(names, life) if r[2] != "-"]
     a2.bar([n for n, _ in t], [v for _, v in t], color="tab:orange")
     a2.set_title("time to first token (s)")
     a2.tick_params(axis="x", rotation=30)
-    labels = ["4 procs\nmmap", "slmd 4\nmmap", "slmd 16\nmmap", "4 procs\nread", "slmd 4\nread", "slmd 16\nread"]
+    labels = ["4 processes", "slmd 4 streams", "slmd 16 streams"]
     x = range(len(apps))
     a3.bar([i - 0.2 for i in x], [a[1] for a in apps], width=0.4, label="RSS sum")
     a3.bar([i + 0.2 for i in x], [a[2] for a in apps], width=0.4, label="PSS sum")

@@ -97,12 +97,11 @@ class MemoryReactor:
 
     def start(self, cfg: MemoryConfig, environ: dict[str, str] | os._Environ = os.environ) -> None:
         sources: list = []
-        if cfg.psi:
-            sources += psi_sources(cfg.psi_trigger, cfg.psi_critical_trigger, cfg.psi_path)
-        if cfg.systemd:
-            src = systemd_source(environ)
-            if src is not None:
-                sources.append(src)
+        managed = systemd_source(environ) if cfg.systemd else None
+        if managed is not None:
+            sources.append(managed)
+        if cfg.psi:  # systemd's trigger (moderate) already watches the file: add only the critical one
+            sources += psi_sources("" if managed else cfg.psi_trigger, cfg.psi_critical_trigger, cfg.psi_path)
         if cfg.cgroup:
             d = cfg.cgroup_dir or cgroup_dir()
             if d is not None and (d / "memory.events").exists():

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -195,3 +197,7 @@ def test_only_operators_may_signal(daemon_factory, default_model):
         assert me.signal_memory_pressure("none") == "none"
         with pytest.raises(ValueError):
             me.signal_memory_pressure("panic")
+    slm = "import sys; from slmd_client.cli import main; sys.exit(main())"  # as the `slm` entry point runs it
+    cli = subprocess.run([sys.executable, "-c", slm, "memory-pressure", "running_moderate", "--socket", str(d.socket)],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and cli.stdout.strip() == "moderate", cli.stderr

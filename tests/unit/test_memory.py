@@ -274,3 +274,24 @@ def test_resize_lays_the_streams_out_again():
     s.take_finished()
     s.resize(8, full)
     assert s.set_max_running(4) == [] and (s.cfg.num_sequences, s.max_running) == (8, 4)
+
+
+def test_reactor_watches_configured_sources_in_its_thread(tmp_path: Path):
+    """The real watcher thread: a cgroup directory and a 1-byte RSS budget
+    (always exceeded) report; the engine sees critical within a poll or two."""
+    import time
+
+    from slmd.config import MemoryConfig
+
+    _events(tmp_path)
+    eng = _Recorder()
+    r = MemoryReactor(eng, 30.0)
+    r.start(MemoryConfig(psi=False, cgroup_dir=tmp_path, budget_bytes=1, poll_seconds=0.05), environ={})
+    try:
+        assert [s.name for s in r.watcher.sources] == ["cgroup", "budget"]
+        deadline = time.monotonic() + 5
+        while C not in eng.levels and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert eng.levels == [C]
+    finally:
+        r.stop()

@@ -51,7 +51,7 @@ _EXIT_BY_CODE = {
 }
 
 # Modules that register more commands when they are installed.
-EXTENSION_MODULES: tuple[str, ...] = ("slmd_client.cli_docs",)
+EXTENSION_MODULES: tuple[str, ...] = ("slmd_client.cli_docs", "slmd_client.cli_memory")
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def render(st: Status) -> list[str]:
         f"({c.hit_ratio:.0%}, {c.host_hit_tokens} from host), {c.device_entries} entries on device "
         f"({c.device_tokens} tokens), evictions {c.evictions_device} device / {c.evictions_host} host",
         f"memory    RSS {_mib(m.rss_bytes)}, KV {_mib(m.kv_bytes)} ({m.kv_usage_ratio:.0%} used), "
-        f"host tier {_mib(m.host_tier_bytes)} of {_mib(m.host_tier_limit_bytes)}",
+        f"host tier {_mib(m.host_tier_bytes)} of {_mib(m.host_tier_limit_bytes)}, pressure {st.memory_pressure}",
     ]
     if st.apps:
         width = max(len(a.app_id) for a in st.apps)
