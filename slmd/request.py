@@ -111,10 +111,6 @@ class Request:
         return self.prompt_ids + self.output_ids
 
     @property
-    def is_prefilling(self) -> bool:
-        return self.num_computed_tokens < self.num_prompt_tokens
-
-    @property
     def num_pending_tokens(self) -> int:
         """Tokens not yet in the KV cache; the last one is fed to sample the next."""
         return self.num_tokens - self.num_computed_tokens

@@ -33,9 +33,6 @@ class WaitQueue:
         active = [self._vtime.get(a, 0.0) for apps in self._apps.values() for a in apps]
         return min(active, default=max(self._vtime.values(), default=0.0))
 
-    def served(self, app_id: str) -> float:
-        return self._vtime.get(app_id, 0.0)
-
     # ---- queue ------------------------------------------------------------
 
     def push(self, req: Request, *, front: bool = False) -> None:
