@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.harness import RESULTS, print_table, write_results
@@ -100,6 +101,8 @@ def lifecycle(model: Path, threads: int, tmp: Path) -> list[list]:
             rows.append(["first request after unload", None, reload, unloaded / MIB, mem_of(d.proc.pid)[0] / MIB])
             again = ttft(c, PROMPT.format(topic=next(topics)))
             rows.append(["warm after reload", None, again, mem_of(d.proc.pid)[0] / MIB, mem_of(d.proc.pid)[0] / MIB])
+            busy = _critical_while_busy(c, d.proc.pid)
+            rows.append(["critical pressure, busy (1-stream context at once)", None, None, *busy])
             before = mem_of(d.proc.pid)[0]
             c.signal_memory_pressure("running_critical")
             _wait(lambda: not c.status().model_loaded)
@@ -116,6 +119,26 @@ def lifecycle(model: Path, threads: int, tmp: Path) -> list[list]:
     finally:
         d.stop()
     return rows
+
+
+def _critical_while_busy(c: Client, pid: int) -> tuple[float, float]:
+    """RSS (MiB) before critical pressure and after the context was recreated
+    with one stream, with 4 requests in flight; all must complete in full.
+    Then the pressure passes and the idle engine goes back to 16 streams."""
+    n = 160
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(c.complete, PROMPT.format(topic=t), max_tokens=n, ignore_eos=True) for t in TOPICS[:4]]
+        _wait(lambda: c.status().running_requests == 4)
+        time.sleep(0.5)
+        before = mem_of(pid)[0]
+        c.signal_memory_pressure("running_critical")
+        _wait(lambda: (lambda s: s.num_sequences == 1 and s.model_loaded and s.running_requests == 1)(c.status()))
+        time.sleep(0.5)
+        after = mem_of(pid)[0]
+        assert all(f.result().usage.completion_tokens == n for f in futs), "a request was lost"
+    c.signal_memory_pressure("none")
+    _wait(lambda: (lambda s: s.model_loaded and s.num_sequences == 16)(c.status()))
+    return before / MIB, after / MIB
 
 
 # ---- 4 apps ----------------------------------------------------------------------
@@ -232,7 +255,9 @@ def main() -> None:
         "ran with 1 thread (4 processes sharing the cores).",
         "Under critical pressure the idle model is unloaded; the next request reloads it with one KV "
         "stream (engine.max_running 1); when the pressure passes the idle engine reloads the configured "
-        "16 streams.",
+        "16 streams. With requests in flight (the 'busy' row: 4 requests of 160 tokens running), the "
+        "context is recreated with one stream at once: each request saves its KV to host memory or "
+        "drops it for recompute, resumes on the new context and completes in full.",
         "Other jobs shared this 2-core machine during the run: times are indicative, memory is not affected.",
     ]
     path = write_results("memory", "Memory across the model lifecycle, and 4 apps on one model",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from slmd.config import Config, ConfigError, load_config
 from slmd.models import DEFAULT_MODEL, ModelError, pull_default
+from slmd.runtime.llama import RuntimeError_
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -20,6 +21,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket-group", dest="server.socket_group", help="group that owns the 0660 socket")
     p.add_argument("--tcp-port", dest="server.tcp.port", type=int, help="also listen on loopback TCP (needs auth.tokens)")
     p.add_argument("--data-dir", dest="data_dir", help="where models are stored")
+    p.add_argument("--lora", dest="model.lora_path", help="apply this GGUF LoRA adapter over the model")
     p.add_argument("--n-gpu-layers", dest="model.n_gpu_layers", type=int, help="layers on the GPU (-1 = all)")
     p.add_argument("--threads", dest="model.n_threads", type=int, help="CPU threads (0 = all cores)")
     p.add_argument("--context", dest="model.context_per_sequence", type=int, help="tokens per request (prompt + output)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"slmd: {e}", file=sys.stderr)
         return 2
-    except ModelError as e:
+    except (ModelError, RuntimeError_) as e:
         print(f"slmd: {e}", file=sys.stderr)
         return 2
 

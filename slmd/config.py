@@ -27,6 +27,11 @@ class ModelConfig(_Section):
     n_threads: int = Field(0, ge=0)  # 0 = all cores
     context_per_sequence: int = Field(2048, ge=64, le=131072)
     use_mmap: bool = True
+    lora_path: Path | None = None  # a GGUF LoRA adapter (training/finetune.py --export-lora) over the model
+    lora_scale: float = Field(1.0, ge=0, le=4)
+    # greedy argmax inside the decode graph: no n_outputs x n_vocab logits copy to
+    # host, but slower as measured (CPU 2.5x slower steps; H100 N=64 -4%): off
+    backend_sampling: bool = False
 
 
 class EngineConfig(_Section):
@@ -40,6 +45,10 @@ class EngineConfig(_Section):
     max_tokens_limit: int = Field(4096, ge=1)
     max_prompt_bytes: int = Field(1 << 20, ge=1)
     keep_alive_seconds: float = Field(-1, ge=-1)  # -1 = never unload
+    # While an interactive app is active, one step's lower-class prefill is
+    # bounded to this long (0 = off), which bounds an interactive arrival's wait.
+    interactive_step_seconds: float = Field(0.1, ge=0, le=10)
+    interactive_window_seconds: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _limits(self) -> "EngineConfig":
@@ -152,6 +161,7 @@ class MemoryConfig(_Section):
     """Memory pressure (slmd/memory/): its sources and the calm period before the level falls."""
 
     calm_seconds: float = Field(30.0, gt=0)  # no report at a level for this long: the level falls
+    max_calm_seconds: float = Field(600.0, gt=0)  # backoff cap: a level that relapses doubles its calm period
     poll_seconds: float = Field(1.0, gt=0)  # polled sources (cgroup counters, budget)
     psi: bool = True  # PSI triggers on the service cgroup's memory.pressure (else /proc/pressure/memory)
     psi_path: Path | None = None  # override the pressure file

@@ -18,7 +18,7 @@ from slmd.memory.levels import PressureLevel
 from slmd.memory.lifecycle import Lifecycle
 from slmd.memory.model import ModelSlot
 from slmd.metrics import Metrics
-from slmd.output import TextState, feed, flush
+from slmd.output import TextState, feed, flush, merge_deltas
 from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, RequestStatus
 from slmd.runtime.base import Runtime, StepOutput
 from slmd.scheduler import ops as O
@@ -108,9 +108,14 @@ class Engine:
         finished = False
         try:
             while not finished:
-                out = await sink.get()
-                finished = out.finished
-                yield out
+                outs = [await sink.get()]
+                # An event loop behind the engine finds several steps' outputs
+                # queued: one delivery (one gRPC message) for all of them.
+                while not outs[-1].finished and not sink.empty():
+                    outs.append(sink.get_nowait())
+                for out in merge_deltas(outs):
+                    finished = out.finished
+                    yield out
         finally:
             if not finished:
                 self.abort(req.request_id)
@@ -216,15 +221,19 @@ class Engine:
             self._copies_pending = False  # that decode ran them
         self.stats.num_steps += 1
         self.stats.prompt_tokens_total += sum(sw.num_tokens for sw in out.work if sw.is_prefill)
-        for upd in sched.update(out, step):
-            req = upd.request
+        updates = sched.update(out, step)
+        token_bytes = self.runtime.token_bytes
+        for upd in updates:
+            req, ids = upd.request, upd.new_token_ids
             state = self._text[req.request_id]
-            text = "".join(feed(state, self.runtime.token_bytes(t)) for t in upd.new_token_ids)
-            self.stats.generation_tokens_total += len(upd.new_token_ids)
-            self.metrics.on_tokens(req, len(upd.new_token_ids))  # metrics hook: inter-token latency
+            text = feed(state, token_bytes(ids[0])) if len(ids) == 1 else \
+                "".join(feed(state, token_bytes(t)) for t in ids)
+            self.stats.generation_tokens_total += len(ids)
             if state.stopped:
                 sched.finish(req.request_id, RequestStatus.FINISHED_STOPPED, FinishReason.STOP)
-            self._emit(req, RequestOutput(req.request_id, text, tuple(upd.new_token_ids)))
+            self._emit(req, RequestOutput(req.request_id, text, tuple(ids)))
+        # metrics hook: inter-token latency, one call per step
+        self.metrics.on_step_tokens([(u.request, len(u.new_token_ids)) for u in updates])
         for seq_id, why in step.failed.items():
             log.error("sequence %d failed: %s", seq_id, why)
 

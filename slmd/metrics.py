@@ -216,6 +216,7 @@ class Metrics:
         self._apps: dict[str, AppTotals] = {}
         self._apps_lock = threading.Lock()
         self._last_token_at: dict[str, float] = {}  # request id -> time of its last token (engine thread only)
+        self._itl_child: dict[tuple, object] = {}  # (app, priority) -> the histogram's child (engine thread only)
         self._http = None
         self.is_model_loaded = False
         r, app_prio = self.registry, ["app", "priority"]
@@ -276,16 +277,30 @@ class Metrics:
 
     def on_tokens(self, req: Request, num_tokens: int, now: float | None = None) -> None:
         """Tokens delivered to a request's stream (engine thread)."""
+        self.on_step_tokens([(req, num_tokens)], now)
+
+    def on_step_tokens(self, delivered: list[tuple[Request, int]], now: float | None = None) -> None:
+        """One engine step's deliveries: (request, tokens). Counters once per
+        app and labelled children looked up once (labels() costs microseconds,
+        times every request of every step)."""
+        if not delivered:
+            return
         now = time.monotonic() if now is None else now
-        app = self.label_app(req.app_id)
-        self.generation_tokens.labels(app).inc(num_tokens)
-        prev = self._last_token_at.get(req.request_id)
-        if prev is not None:
-            itl = self.itl.labels(app, PRIORITIES[req.priority])
-            for _ in range(num_tokens):  # a multi-token delivery: its gap shared out evenly
-                itl.observe((now - prev) / num_tokens)
-        self._last_token_at[req.request_id] = now
-        self._totals(app).generated_tokens += num_tokens
+        per_app: dict[str, int] = {}
+        for req, num_tokens in delivered:
+            app = self.label_app(req.app_id)
+            per_app[app] = per_app.get(app, 0) + num_tokens
+            prev = self._last_token_at.get(req.request_id)
+            if prev is not None:
+                itl = self._itl_child.get((app, req.priority))
+                if itl is None:
+                    itl = self._itl_child[app, req.priority] = self.itl.labels(app, PRIORITIES[req.priority])
+                for _ in range(num_tokens):  # a multi-token delivery: its gap shared out evenly
+                    itl.observe((now - prev) / num_tokens)
+            self._last_token_at[req.request_id] = now
+        for app, num in per_app.items():
+            self.generation_tokens.labels(app).inc(num)
+            self._totals(app).generated_tokens += num
 
     def on_request_finished(self, req: Request) -> None:
         """A request left the engine (engine thread). Latencies and prompt

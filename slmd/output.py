@@ -6,8 +6,10 @@ it is known not to be)."""
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
+
+from slmd.request import RequestOutput
 
 
 @dataclass
@@ -59,3 +61,21 @@ def flush(state: TextState) -> str:
 
 def detokenize(token_bytes: Callable[[int], bytes], ids: list[int]) -> str:
     return b"".join(token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+
+
+def merge_deltas(outs: list[RequestOutput]) -> list[RequestOutput]:
+    """One request's queued outputs, as few as deliver the same text, tokens and
+    finish: consecutive deltas joined into one, folded into the final output
+    unless it carries an error (then the text before the error still goes out
+    first: a caller raises on the error and drops that output's text)."""
+    final = outs[-1] if outs[-1].finished else None
+    deltas = outs[:-1] if final is not None else outs
+    if len(outs) == 1 or not deltas:
+        return outs
+    text = "".join(o.text for o in deltas)
+    ids = tuple(t for o in deltas for t in o.token_ids)
+    if final is None:
+        return [RequestOutput(deltas[0].request_id, text, ids)]
+    if final.error_kind is None:
+        return [replace(final, text=text + final.text, token_ids=ids + final.token_ids)]
+    return [RequestOutput(deltas[0].request_id, text, ids), final]

@@ -58,6 +58,10 @@ class PreTokenizer(enum.Enum):
     GPT2 = rf"{_CONTRACTIONS}| ?{_L}+| ?{_N}+| ?{_OTHER}+|\s+(?!\S)|\s+"
     # llama.cpp: "\p{N}" split, then the GPT-2 regex on what is left.
     SMOLLM = rf"{_N}|{_CONTRACTIONS}| ?{_L}+| ?{_OTHER}+|\s+(?![^\s{_N}])|\s+"
+    # llama.cpp (one regex, case-insensitive contractions, single digits):
+    # "(?:'[sS]|'[tT]|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    QWEN2 = (rf"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n{_L}{_N}]?{_L}+|{_N}"
+             rf"| ?{_OTHER}+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 # tokenizer.ggml.pre value -> family, as mapped in llama.cpp's src/llama-vocab.cpp.
@@ -69,6 +73,7 @@ SUPPORTED_PRE_TYPES = MappingProxyType({
     **{name: PreTokenizer.SMOLLM for name in (
         "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b",
         "mellum2")},
+    **{name: PreTokenizer.QWEN2 for name in ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "hunyuan")},
 })
 
 
@@ -362,7 +367,10 @@ class Tokenizer:
         for merge in vocab.merges:
             left, _, right = merge.partition(" ")
             token_id = by_text.get(left + right)
-            if token_id is None or token_id in seen or types[token_id] != TokenType.NORMAL:
+            # A merge may yield a token llama.cpp promoted to control by its text
+            # (Qwen2's "</s>"): BPE still produces it from plain text.
+            if token_id is None or token_id in seen or TokenType.NORMAL not in (types[token_id],
+                                                                                vocab.token_types[token_id]):
                 raise ValueError(f"{vocab.path}: merge {merge!r} does not yield a distinct normal token; "
                                  "tiktoken cannot reproduce llama.cpp's merges for this vocabulary")
             ordered.append(token_id)

@@ -129,6 +129,15 @@ def document_messages(document: str, request: str) -> list[dict[str, str]]:
             {"role": "user", "content": request}]
 
 
+def _as_text(item) -> str:
+    """A list item as text: without a grammar a teacher may wrap each in an object ({"question": ...})."""
+    if isinstance(item, dict):
+        item = next((v for v in item.values() if isinstance(v, str)), "")
+    if not isinstance(item, str) or not item.strip():
+        raise ValueError(f"not a question: {item!r}")
+    return item.strip()
+
+
 def _json_list(text: str) -> list:
     # A grammar-constrained reply is JSON already; the slice guards against trailing text.
     return json.loads(text[text.index("[") : text.rindex("]") + 1])
@@ -141,6 +150,10 @@ class TeacherSettings:
     qa_max_tokens: int = QA_MAX_TOKENS
     repetition_penalty: float = prompts.REPETITION_PENALTY
     timeout: float = 1800.0
+    # JSON-schema grammars for the lists. Off: the reply is parsed leniently and a
+    # malformed one fails that document (llama.cpp's grammar sampler checks every
+    # token of a 152k vocabulary on the CPU: it dominates a GPU teacher's steps).
+    grammar: bool = True
 
 
 async def annotate(client, doc: Document, tokenizer: Tokenizer, teacher: TeacherSettings,
@@ -156,14 +169,14 @@ async def annotate(client, doc: Document, tokenizer: Tokenizer, teacher: Teacher
                         **common),
         client.complete(messages=document_messages(text, prompts.questions_instruction(NUM_QUESTIONS)),
                         max_tokens=prompts.questions_max_tokens(NUM_QUESTIONS),
-                        json_schema=prompts.questions_schema(NUM_QUESTIONS), **common),
+                        json_schema=prompts.questions_schema(NUM_QUESTIONS) if teacher.grammar else None, **common),
         client.complete(messages=document_messages(text, QA_INSTRUCTION), max_tokens=teacher.qa_max_tokens,
-                        json_schema=qa_schema(NUM_QUESTIONS), **common),
+                        json_schema=qa_schema(NUM_QUESTIONS) if teacher.grammar else None, **common),
     )
     record = DocAssistRecord(
         doc_id=doc.doc_id, source=doc.source.value, title=doc.title, split=split_of(doc.doc_id, test_fraction),
         document=text, num_tokens=num_tokens, num_chunks=num_chunks, summary=summary.text.strip(),
-        suggested_questions=[q.strip() for q in _json_list(questions.text)],
+        suggested_questions=[_as_text(q) for q in _json_list(questions.text)],
         qa_pairs=[QAPair(**p) for p in _json_list(qa.text)],
         teacher=teacher.name, teacher_seconds=round(time.perf_counter() - t0, 2),
     )
@@ -199,7 +212,7 @@ async def build(client, docs: list[Document], out: Path, tokenizer: Tokenizer, t
         async with gate:
             try:
                 record, num_generated = await annotate(client, doc, tokenizer, teacher, test_fraction)
-            except (ValueError, KeyError) as e:  # malformed JSON or a record pydantic rejects
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # malformed JSON, a record pydantic rejects
                 report.num_failed += 1
                 log(f"skip {doc.doc_id}: {str(e)[:200]}")
                 return
@@ -312,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     p_build.add_argument("--num-docs", type=int, default=200)
     p_build.add_argument("--test-fraction", type=float, default=0.2)
     p_build.add_argument("--concurrency", type=int, default=4, help="documents in flight (3 requests each)")
+    p_build.add_argument("--no-grammar", action="store_true", help="no JSON-schema grammar (lenient parsing)")
     p_sheet = sub.add_parser("datasheet", help="write DATASHEET.md next to the records")
     p_sheet.add_argument("--records", type=Path, default=Path("training/datasets/docassist/records.jsonl"))
     args = parser.parse_args(argv)
@@ -332,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run(target) -> BuildReport:
         async with AsyncClient(target, app_name="docassist-builder") as client:
-            return await build(client, docs, args.out, tokenizer, TeacherSettings(args.teacher),
+            return await build(client, docs, args.out, tokenizer, TeacherSettings(args.teacher, grammar=not args.no_grammar),
                                test_fraction=args.test_fraction, concurrency=args.concurrency)
 
     if args.serve is None:

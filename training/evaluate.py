@@ -154,8 +154,9 @@ async def evaluate_model(name: str, target: str | None, model: Path | None, reco
     daemon = None
     if target is None:
         tmp = Path(tempfile.mkdtemp(prefix=f"slmd-eval-{name}-"))
-        daemon = start_daemon(tmp, model, "--threads", str(threads), "--max-running", str(4 * concurrency),
-                              timeout=300)
+        base, _, lora = str(model).partition("+")  # BASE.gguf+ADAPTER.gguf: a LoRA over its base
+        daemon = start_daemon(tmp, Path(base), "--threads", str(threads), "--max-running",
+                              str(min(4 * concurrency, 128)), *(("--lora", lora) if lora else ()), timeout=300)
         target = daemon.target
     try:
         async with AsyncClient(target, app_name=f"evaluate-{name}") as client:
@@ -168,23 +169,41 @@ async def evaluate_model(name: str, target: str | None, model: Path | None, reco
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=Path, default=Path("training/datasets/docassist/records.jsonl"))
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=GGUF", help="served by a new daemon")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=GGUF[+LORA]",
+                        help="served by a new daemon (GGUF+LORA: a LoRA adapter over GGUF)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=SOCKET", help="a running daemon")
     parser.add_argument("--out", type=Path, default=Path("build/eval/report.md"))
     parser.add_argument("--max-docs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--no-semantic", action="store_true", help="skip the MiniLM similarity")
+    parser.add_argument("--outputs-only", action="store_true",
+                        help="only generate <out>.outputs.jsonl (e.g. on a GPU machine without the metric libraries)")
+    parser.add_argument("--from-outputs", type=Path, action="append", default=[],
+                        help="score an outputs file written before instead of generating")
     args = parser.parse_args(argv)
 
     records = [r for r in read_records(args.records) if r.split is Split.TEST][: args.max_docs]
     if not records:
         raise SystemExit(f"no test records in {args.records}")
-    embed = None if args.no_semantic else minilm_embedder()
+    embed = None if args.no_semantic or args.outputs_only else minilm_embedder()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    scores = {}
+    if args.from_outputs:
+        by_model: dict[str, list[ModelOutputs]] = {}
+        for path in args.from_outputs:
+            for line in open(path):
+                row = json.loads(line)
+                by_model.setdefault(row.pop("model"), []).append(
+                    ModelOutputs(**{**row, "intents": [tuple(i) for i in row["intents"]]}))
+        for name, outputs in by_model.items():
+            scores[name] = score(records, outputs, embed)
+            print(name, {k: round(v, 2) for k, v in scores[name].items()})
+        args.out.write_text(report(scores, len(records), ", ".join(sorted({r.teacher for r in records}))))
+        print(f"wrote {args.out}")
+        return
     outputs_path = args.out.with_suffix(".outputs.jsonl")
     outputs_path.unlink(missing_ok=True)
-    scores = {}
     runs = [(n, None, Path(p)) for n, p in (m.split("=", 1) for m in args.model)]
     runs += [(n, t, None) for n, t in (m.split("=", 1) for m in args.target)]
     for name, target, model in runs:
@@ -192,8 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         with open(outputs_path, "a") as f:
             for o in outputs:
                 f.write(json.dumps({"model": name, **asdict(o)}) + "\n")
+        print(f"{name}: {len(outputs)} documents", flush=True)
+        if args.outputs_only:
+            continue
         scores[name] = score(records, outputs, embed)
         print(name, {k: round(v, 2) for k, v in scores[name].items()})
+    if args.outputs_only:
+        print(f"wrote {outputs_path}")
+        return
     teachers = sorted({r.teacher for r in records})
     args.out.write_text(report(scores, len(records), ", ".join(teachers)))
     print(f"wrote {args.out} and {outputs_path}")

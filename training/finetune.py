@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from training.model import IGNORE_INDEX, SlimLM
 from training.optim import cosine_lr, set_lr
 
 SMOLLM2 = "smollm2"
-LLAMA_TARGETS = ("q", "k", "v", "o")
+LLAMA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 SLIMLM_TARGETS = ("qkv", "proj")
 
 
@@ -63,6 +64,7 @@ class FinetuneConfig:
     num_threads: int = 0
     log_every: int = 10
     eval_examples: int = 64  # test-split examples scored before and after
+    device: str = "auto"  # auto: cuda when available (bf16 autocast there)
 
 
 @dataclass(frozen=True)
@@ -115,14 +117,25 @@ def load_base(base: str) -> tuple[torch.nn.Module, tuple[str, ...], Path | None]
     return SlimLM.from_checkpoint(ckpt), SLIMLM_TARGETS, None
 
 
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
 @torch.no_grad()
-def response_loss(model: torch.nn.Module, examples: list[TokenizedExample], batch_size: int) -> float:
+def response_loss(model: torch.nn.Module, examples: list[TokenizedExample], batch_size: int,
+                  device: torch.device = torch.device("cpu")) -> float:
     """Mean loss per response token."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         x, y = collate(examples[i : i + batch_size])
-        _, loss = model(x, y)
+        x, y = x.to(device), y.to(device)
+        with _autocast(device):
+            _, loss = model(x, y)
         n = int((y != IGNORE_INDEX).sum())
         total, count = total + loss.item() * n, count + n
     model.train()
@@ -158,6 +171,8 @@ def finetune(cfg: FinetuneConfig, tokenizer: Tokenizer | None = None, log=print)
     model, targets, base_gguf = load_base(cfg.base)
     if cfg.lora_rank:
         apply_lora(model, targets, cfg.lora_rank, cfg.lora_alpha)
+    device = _device(cfg.device)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     log_path = out / "log.jsonl"
@@ -167,12 +182,13 @@ def finetune(cfg: FinetuneConfig, tokenizer: Tokenizer | None = None, log=print)
         with open(log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    before = response_loss(model, test_examples, cfg.batch_size) if test_examples else float("nan")
+    before = response_loss(model, test_examples, cfg.batch_size, device) if test_examples else float("nan")
     record({"step": 0, "test_response_loss": before})
     log(f"{len(train_examples)} train examples, {len(test_examples)} test; test response loss {before:.4f}")
     generator = torch.Generator().manual_seed(cfg.seed)
     order: list[int] = []
     t0 = time.perf_counter()
+    tokens = 0
     model.train()
     for step in range(cfg.max_steps):
         set_lr(optimizer, cosine_lr(step, max_lr=cfg.learning_rate, min_lr=cfg.learning_rate / 10,
@@ -183,7 +199,9 @@ def finetune(cfg: FinetuneConfig, tokenizer: Tokenizer | None = None, log=print)
                 order = torch.randperm(len(train_examples), generator=generator).tolist()
             batch.append(train_examples[order.pop()])
         x, y = collate(batch)
-        _, loss = model(x, y)
+        tokens += int(x.numel())
+        with _autocast(device):
+            _, loss = model(x.to(device), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -192,9 +210,11 @@ def finetune(cfg: FinetuneConfig, tokenizer: Tokenizer | None = None, log=print)
             record({"step": step + 1, "loss": loss.item()})
             log(f"step {step + 1}: loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
     seconds = time.perf_counter() - t0
-    after = response_loss(model, test_examples, cfg.batch_size) if test_examples else float("nan")
+    record({"train_seconds": seconds, "train_tokens_per_second": tokens / seconds})
+    after = response_loss(model, test_examples, cfg.batch_size, device) if test_examples else float("nan")
     record({"step": cfg.max_steps, "test_response_loss": after})
     log(f"test response loss {before:.4f} -> {after:.4f}")
+    model.to("cpu")  # exports and merges run on the CPU
     state = ({path: (m.lora_a.detach(), m.lora_b.detach()) for path, m in lora_modules(model).items()}
              if cfg.lora_rank else model.state_dict())
     torch.save({"base": cfg.base, "config": asdict(cfg), "lora" if cfg.lora_rank else "model": state},

@@ -107,7 +107,7 @@ def _device(cfg: PretrainConfig, info: DistInfo) -> torch.device:
     name = cfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.is_distributed:
+    if name == "cuda":  # an explicit index: torch.cuda.set_device refuses a bare "cuda"
         name = f"cuda:{info.local_rank}"
     return torch.device(name)
 

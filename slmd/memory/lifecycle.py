@@ -3,9 +3,15 @@ keep-alive, unload when idle and lazy reload before the next step.
 
 The engine calls four hooks: `apply` (a new pressure level), `refuse`
 (admission of one request), `on_idle` (nothing to run) and `before_step`
-(there is work: make sure the model is loaded). Requests that arrive while
-the model is unloaded wait in the queue; the reload runs before their
-first step, so nothing is dropped."""
+(there is work: make sure the model is loaded, at the size the plan wants).
+Requests that arrive while the model is unloaded wait in the queue; the
+reload runs before their first step, so nothing is dropped.
+
+Critical pressure gives KV memory back at once, not only when idle: the
+context is recreated with one stream while requests are in flight. Each
+gives its stream up (KV saved to host memory or dropped for recompute, by
+cost) and resumes on the new context; when the pressure has passed the
+context grows back the same way."""
 
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ class Lifecycle:
         self.keep_alive = keep_alive_seconds  # the latest request's, as Ollama does; < 0 = forever
         self.retry_after = retry_after  # told to shed requests: about one calm period
         self.full = scheduler.cfg  # the configured layout; a reload under pressure may be smaller
+        self.streams = self.full.num_sequences  # KV streams the context was last loaded with
         self.base_max_running = scheduler.max_running
         self.level = PressureLevel.NONE
         self.plan: Plan = plan_for(self.level, self.base_max_running)
@@ -74,13 +81,17 @@ class Lifecycle:
     # ---- loaded or not ----------------------------------------------------------
 
     def before_step(self) -> str | None:
-        """Load the model if it is unloaded; returns an error message if that failed."""
+        """Load the model if it is unloaded; recreate the context first if it has
+        another size than the plan wants. Returns an error message if loading failed."""
+        streams = self.plan.reload_streams or self.full.num_sequences
+        if self.slot.is_loaded and self.slot.can_unload and streams != self.streams:
+            self._release_context(streams)
         if self.slot.is_loaded:
             return None
-        streams = self.plan.reload_streams or self.full.num_sequences
         try:
             self.scheduler.resize(streams, self.full)
             secs = self.slot.load(streams)
+            self.streams = streams
         except Exception as e:  # out of memory, file gone: the queued requests end cleanly
             log.exception("model reload failed")
             return f"the model could not be loaded: {e}"
@@ -103,7 +114,7 @@ class Lifecycle:
         if self.plan.unload_when_idle:
             self.unload(f"memory pressure {self.level.label}", by_pressure=True)
             return 0.5
-        if self.plan.reload_streams is None and self.slot.num_sequences < self.full.num_sequences:
+        if self.plan.reload_streams is None and self.streams < self.full.num_sequences:
             self.unload("the pressure has passed")
             self._back_to_full()
             return 0.5
@@ -125,6 +136,19 @@ class Lifecycle:
 
     def on_busy(self, now: float) -> None:
         self.idle_since = now
+
+    def _release_context(self, streams: int) -> None:
+        """Free the context (and the weights' mapping) while requests are in
+        flight, so that `before_step` loads it again with `streams` streams."""
+        sched = self.scheduler
+        held = sched.num_running + sum(r.seq_id is not None for r in sched.waiting)
+        self.run_ops(sched.release_streams())  # saves run now, while the old context exists
+        self.slot.unload()
+        self.unloaded_by_pressure = False
+        self.num_unloads += 1
+        self.metrics.on_model_unloaded()
+        log.info("KV context recreated: %d -> %d streams (memory pressure %s); %d requests in flight "
+                 "saved or set to recompute, they resume", self.streams, streams, self.level.label, held)
 
     def unload(self, why: str, *, by_pressure: bool = False) -> None:
         """Free the context and the model. Only when nothing runs or waits:

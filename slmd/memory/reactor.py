@@ -13,7 +13,12 @@ applies the level's `Plan` on its own thread (core.Engine.set_pressure).
             has passed, the idle engine reloads it at full size.
 
 No accepted request is dropped: a paused request resumes, a shed one ends
-with RESOURCE_EXHAUSTED and a retry delay."""
+with RESOURCE_EXHAUSTED and a retry delay.
+
+Memory outside the engine (documents' derived state: retrieval indexes,
+chunk embeddings, part summaries) is given back by listeners: callables
+that the daemon registers with `add_listener`, called with each new level,
+so this module needs nothing from the server."""
 
 from __future__ import annotations
 
@@ -57,13 +62,21 @@ class MemoryReactor:
     the engine. `signal` is also the entry point of the Admin RPC."""
 
     def __init__(self, engine: Engine, calm_seconds: float, metrics: Metrics | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, max_calm_seconds: float | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.hysteresis = Hysteresis(calm_seconds, clock) if clock else Hysteresis(calm_seconds)
+        self.hysteresis = Hysteresis(calm_seconds, clock, max_calm_seconds) if clock \
+            else Hysteresis(calm_seconds, max_calm_seconds=max_calm_seconds)
         self.level = PressureLevel.NONE  # the level last applied
         self.watcher: Watcher | None = None
+        self._listeners: list[Callable[[PressureLevel], None]] = []
         self._lock = threading.Lock()
+
+    def add_listener(self, listener: Callable[[PressureLevel], None]) -> None:
+        """`listener(level)` on each change of the applied level, from the
+        thread that reported it (the watcher's or the Admin RPC's): it must
+        hand its work to its own thread and not block."""
+        self._listeners.append(listener)
 
     def signal(self, level: PressureLevel, source: str) -> PressureLevel:
         """A source saw `level` (NONE from an integrator: the pressure is over)."""
@@ -91,6 +104,11 @@ class MemoryReactor:
                 log.info("memory pressure level %s -> %s", self.level.label, level.label)
                 self.level = level
                 self.engine.set_pressure(level)
+                for listener in self._listeners:
+                    try:
+                        listener(level)
+                    except Exception:  # one owner's failure must not stop the others' relief
+                        log.exception("memory pressure listener")
         return level
 
     # ---- sources -------------------------------------------------------------

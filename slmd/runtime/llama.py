@@ -18,7 +18,8 @@ import numpy as np
 
 from slmd.request import SamplingParams
 from slmd.runtime.base import ModelInfo, StepBatch, StepOutput
-from slmd.runtime.sampling import build_chain, free_chain, grammar_error
+from slmd.runtime.kv_state import restream
+from slmd.runtime.sampling import build_chain, free_chain, grammar_error, greedy_chain
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class RuntimeConfig:
     n_gpu_layers: int = 0
     kv_unified: bool = False
     use_mmap: bool = True
+    lora_path: Path | None = None  # a GGUF LoRA adapter applied over the model
+    lora_scale: float = 1.0
+    backend_sampling: bool = False  # greedy argmax in the decode graph (GPU builds)
 
 
 class _Batch:
@@ -97,10 +101,23 @@ class LlamaRuntime:
         if not self.ctx:
             L.llama_model_free(self.model)
             raise RuntimeError_(f"llama.cpp could not create a context for {cfg.model_path}")
+        self._lora = None
+        if cfg.lora_path is not None:
+            self._apply_lora(cfg.lora_path, cfg.lora_scale)
         self.mem = L.llama_get_memory(self.ctx)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self._batch = _Batch(cfg.batch_tokens)
-        self._chains: dict[int, object] = {}
+        self._chains: dict[int, object] = {}  # seq_id -> CPU sampler chain (non-greedy requests)
+        # seq_id -> greedy chain attached to the context: the argmax runs in the
+        # decode graph and, when every output of a ubatch has one, the
+        # n_outputs x n_vocab logits are never copied to host memory
+        self._backend: dict[int, object] = {}
+        self._retired: list[object] = []  # detached chains, freed after the next decode
+        # Off unless asked for: on the CPU the sampling graph (a padded copy of
+        # the logits, an argmax per sequence) made steps 2.5x slower at 64
+        # sequences; on an H100 at 64 sequences decode was 6,913 tok/s with it
+        # and 7,225 without (benchmarks/results/engine-gpu-n64.md).
+        self.backend_sampling = bool(cfg.backend_sampling)
         self._pieces = [self._piece(t) for t in range(self.n_vocab)]
         self._eog = np.array([L.llama_vocab_is_eog(self.vocab, t) for t in range(self.n_vocab)], dtype=bool)
         self.info = ModelInfo(
@@ -116,6 +133,26 @@ class LlamaRuntime:
                                      L.llama_model_n_ctx_train(self.model) or cfg.context_per_sequence),
             num_sequences=cfg.num_sequences,
         )
+
+    def _apply_lora(self, path: Path, scale: float) -> None:
+        error = None
+        if not Path(path).is_file():
+            error = f"model.lora_path: no such file: {path}"
+        else:
+            self._lora = L.llama_adapter_lora_init(self.model, str(path).encode())
+            if not self._lora:
+                error = (f"llama.cpp could not load the LoRA adapter {path} over {self.cfg.model_path} "
+                         "(not a GGUF LoRA, or made for another base model)")
+            elif L.llama_set_adapters_lora(self.ctx, (L.llama_adapter_lora_p_ctypes * 1)(self._lora), 1,
+                                           (ctypes.c_float * 1)(scale)) != 0:
+                error = f"llama.cpp could not apply the LoRA adapter {path}"
+        if error is not None:
+            L.llama_free(self.ctx)
+            if self._lora:
+                L.llama_adapter_lora_free(self._lora)
+            L.llama_model_free(self.model)
+            self.ctx = self.model = self._lora = None
+            raise RuntimeError_(error)
 
     # ---- metadata ---------------------------------------------------------
 
@@ -153,11 +190,30 @@ class LlamaRuntime:
 
     def open(self, seq_id: int, sampling: SamplingParams, replay: tuple[int, ...] = ()) -> None:
         self.release(seq_id)
+        # Attaching or detaching re-reserves llama.cpp's compute graphs, so a
+        # stream keeps its greedy chain across requests until a non-greedy one
+        # opens it (greedy ids equal the host argmax; tests compare them).
+        if sampling.is_greedy and self.backend_sampling:
+            if seq_id not in self._backend:
+                chain = greedy_chain()
+                if L.llama_set_sampler(self.ctx, seq_id, chain):
+                    self._backend[seq_id] = chain
+                else:  # this backend cannot run it: the host argmax it is
+                    free_chain(chain)
+                    self.backend_sampling = False
+            return
+        self._detach(seq_id)
         if not sampling.is_greedy:
             chain = build_chain(self.vocab, sampling)
             for t in replay:  # a resumed request: penalties and grammar pick up where they were
                 L.llama_sampler_accept(chain, t)
             self._chains[seq_id] = chain
+
+    def _detach(self, seq_id: int) -> None:
+        chain = self._backend.pop(seq_id, None)
+        if chain is not None:
+            L.llama_set_sampler(self.ctx, seq_id, None)
+            self._retired.append(chain)  # the last graph may still point at it
 
     def release(self, seq_id: int) -> None:
         L.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
@@ -201,6 +257,8 @@ class LlamaRuntime:
         return 2 * 2 * L.llama_model_n_layer(self.model) * n_embd_kv
 
     def restore(self, seq_id: int, data: bytes) -> None:
+        # saved in a context of another stream count (recreated under memory pressure)
+        data = restream(data, 1 if self.cfg.kv_unified else self.cfg.num_sequences)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if L.llama_state_seq_set_data(self.ctx, buf, len(data), seq_id) == 0:
             raise RuntimeError_(f"could not restore the KV state of sequence {seq_id}")
@@ -212,20 +270,7 @@ class LlamaRuntime:
         t0 = time.perf_counter()
         b = self._batch
         for group in batch.groups:
-            n = 0
-            sample_at: list[tuple[int, int]] = []
-            for w in group:
-                k = len(w.token_ids)
-                if n + k > b.capacity:
-                    raise ValueError(f"step group of more than {b.capacity} tokens")
-                b.token[n : n + k] = w.token_ids
-                b.pos[n : n + k] = np.arange(w.start_pos, w.start_pos + k, dtype=np.int32)
-                b.seq[n : n + k] = w.seq_id
-                b.logits[n : n + k] = 0
-                if w.sample:
-                    b.logits[n + k - 1] = 1
-                    sample_at.append((w.seq_id, n + k - 1))
-                n += k
+            n, sample_at = self._fill(group)
             if n == 0:
                 continue
             b.struct.n_tokens = n
@@ -235,24 +280,68 @@ class LlamaRuntime:
                 for w in group:
                     out.failed[w.seq_id] = why
                 continue
+            if self._retired:  # that decode rebuilt the graphs without them
+                for chain in self._retired:
+                    free_chain(chain)
+                self._retired.clear()
             self._sample(sample_at, out.sampled)
         out.decode_seconds = time.perf_counter() - t0
         return out
 
+    def _fill(self, group) -> tuple[int, list[tuple[int, int]]]:
+        """Write one group into the batch arrays with a few whole-array numpy
+        operations (a per-sequence loop of slice assignments costs more than
+        the decode of a small model at dozens of sequences). Returns the
+        number of tokens and (seq_id, batch index) of each token to sample."""
+        b = self._batch
+        toks: list[int] = []
+        lens, starts, seqs, samples = [], [], [], []
+        for w in group:
+            toks.extend(w.token_ids)
+            lens.append(len(w.token_ids))
+            starts.append(w.start_pos)
+            seqs.append(w.seq_id)
+            samples.append(w.sample)
+        n = len(toks)
+        if n > b.capacity:
+            raise ValueError(f"step group of more than {b.capacity} tokens")
+        if n == 0:
+            return 0, []
+        k = np.array(lens, dtype=np.int32)
+        ends = np.cumsum(k, dtype=np.int32)
+        b.token[:n] = toks
+        # position of token j of work i: starts[i] + (j - first index of work i)
+        b.pos[:n] = np.repeat(np.array(starts, dtype=np.int32) - (ends - k), k) + np.arange(n, dtype=np.int32)
+        b.seq[:n] = np.repeat(np.array(seqs, dtype=np.int32), k)
+        b.logits[:n] = 0
+        last = (ends - 1)[np.array(samples, dtype=bool)]
+        b.logits[last] = 1
+        sample_seqs = [s for s, smp in zip(seqs, samples) if smp]
+        return n, list(zip(sample_seqs, last.tolist()))
+
     def _sample(self, sample_at: list[tuple[int, int]], sampled: dict[int, int]) -> None:
-        """Greedy sequences: one argmax over all output rows at once (the rows
-        of llama_get_logits follow the batch order of the flagged tokens);
-        the others through their sampler chains."""
-        if not sample_at:
+        """Sequences with an attached greedy chain: the token the decode
+        graph picked. Other greedy ones: one argmax over their output rows
+        (the rows of llama_get_logits follow the batch order of the flagged
+        tokens). The rest through their sampler chains."""
+        host: list[tuple[int, int]] = []  # (output row, seq_id)
+        for row, (seq_id, idx) in enumerate(sample_at):
+            if seq_id in self._backend:
+                tok = L.llama_get_sampled_token_ith(self.ctx, idx)
+                if tok < 0:
+                    raise RuntimeError_(f"no backend-sampled token for sequence {seq_id}")
+                sampled[seq_id] = tok
+            elif (chain := self._chains.get(seq_id)) is not None:
+                sampled[seq_id] = int(L.llama_sampler_sample(chain, self.ctx, idx))
+            else:
+                host.append((row, seq_id))
+        if not host:
             return
         rows = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(sample_at), self.n_vocab))
-        best = rows.argmax(axis=1)
-        for row, (seq_id, idx) in enumerate(sample_at):
-            chain = self._chains.get(seq_id)
-            if chain is None:
-                sampled[seq_id] = int(best[row])
-            else:
-                sampled[seq_id] = int(L.llama_sampler_sample(chain, self.ctx, idx))
+        if len(host) < len(sample_at):  # (else host[i] is row i)
+            rows = rows[[r for r, _ in host]]
+        for (_, seq_id), tok in zip(host, rows.argmax(axis=1).tolist()):
+            sampled[seq_id] = tok
 
     def close(self) -> None:
         for chain in self._chains.values():
@@ -261,6 +350,13 @@ class LlamaRuntime:
         if self.ctx:
             L.llama_free(self.ctx)
             self.ctx = None
+        for chain in [*self._backend.values(), *self._retired]:  # the context used them until freed
+            free_chain(chain)
+        self._backend.clear()
+        self._retired.clear()
+        if getattr(self, "_lora", None):
+            L.llama_adapter_lora_free(self._lora)
+            self._lora = None
         if self.model:
             L.llama_model_free(self.model)
             self.model = None

@@ -1,5 +1,6 @@
 """llama.cpp sampler chains built from `SamplingParams`. Greedy requests with
-no penalty or grammar need no chain: the runtime takes the argmax itself."""
+no penalty or grammar need no CPU chain: the runtime attaches a greedy chain to
+the context (`greedy_chain`), so the argmax runs inside the decode graph."""
 
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def build_chain(vocab, sp: SamplingParams):
         add(L.llama_sampler_init_min_p(sp.min_p, 1))
     add(L.llama_sampler_init_temp(sp.temperature))
     add(L.llama_sampler_init_dist(sp.seed & 0xFFFFFFFF))
+    return chain
+
+
+def greedy_chain():
+    """A one-sampler chain for `llama_set_sampler` (backend sampling needs a
+    chain, and a chain can be attached only once: llama.cpp asserts on a second
+    backend_init)."""
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
     return chain
 
 

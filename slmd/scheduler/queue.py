@@ -27,7 +27,10 @@ class WaitQueue:
 
     def charge(self, app_id: str, num_tokens: int) -> None:
         """Tokens an app's requests consumed this step (prefill and decode)."""
-        self._vtime[app_id] = self._vtime.get(app_id, self._floor()) + num_tokens / self._weight_of(app_id)
+        v = self._vtime.get(app_id)
+        if v is None:  # (the floor walks every queued app: only when needed)
+            v = self._floor()
+        self._vtime[app_id] = v + num_tokens / self._weight_of(app_id)
 
     def _floor(self) -> float:
         active = [self._vtime.get(a, 0.0) for apps in self._apps.values() for a in apps]

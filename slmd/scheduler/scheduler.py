@@ -30,6 +30,11 @@ class SchedulerConfig:
     context_per_sequence: int = 2048
     max_waiting: int = 256
     kv_bytes_per_token: float = 0.0  # for the save-or-recompute choice; 0 = unknown (always save)
+    # While an interactive app is active, lower classes prefill at most this many
+    # seconds of tokens per step (at the measured speed): a step in progress
+    # cannot be interrupted, so its length is the wait of an interactive arrival.
+    interactive_step_seconds: float = 0.1  # 0 = off
+    interactive_window_seconds: float = 30.0  # "active": an interactive request seen this recently
     cache: CacheConfig = field(default_factory=CacheConfig)
 
 
@@ -80,6 +85,8 @@ class Scheduler:
         self._finished: list[Request] = []
         self._by_id: dict[str, Request] = {}
         self._active_per_app: dict[str, int] = {}
+        self._last_interactive = float("-inf")
+        self._yield_left: int | None = None  # lower-class prefill tokens left this step; None = no cap
 
     # ---- requests in and out ----------------------------------------------
 
@@ -96,6 +103,8 @@ class Scheduler:
         req.namespace = req.namespace or self.cache.namespace_for(req.app_id)
         self._by_id[req.request_id] = req
         self._active_per_app[req.app_id] = self._active_per_app.get(req.app_id, 0) + 1
+        if req.priority >= Priority.INTERACTIVE:
+            self._last_interactive = time.monotonic()
         self.waiting.push(req)
 
     def predicted_ttft(self, req: Request) -> float:
@@ -175,6 +184,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         self._started.clear()
         budget = self.cfg.step_token_budget
+        self._yield_left = self._lower_class_cap()
         out = SchedulerOutput(StepBatch(()), [], [])
         planned: dict[str, tuple[Request, int]] = {}  # request id -> (request, tokens this step)
         deferred: list[Request] = []
@@ -193,6 +203,8 @@ class Scheduler:
             if req.request_id in planned:
                 continue
             num = self._chunk(req, budget)
+            if num == 0:
+                continue
             budget -= num
             planned[req.request_id] = (req, num)
 
@@ -206,11 +218,11 @@ class Scheduler:
         shared: list[SeqWork] = []
         solo: list[tuple[SeqWork, ...]] = []
         for req, num in planned.values():
-            start = req.num_computed_tokens
-            sample = start + num == req.num_tokens and req.sampling.max_tokens > 0
-            w = SeqWork(req.seq_id, req.all_ids[start : start + num], start, sample)
+            start, total = req.num_computed_tokens, req.num_tokens
+            sample = start + num == total and req.sampling.max_tokens > 0
+            w = SeqWork(req.seq_id, _tokens(req, start, num), start, sample)
             (solo.append((w,)) if req.deterministic else shared.append(w))
-            out.work.append(ScheduledWork(req, num, sample, req.num_pending_tokens > 1 or not req.output_ids))
+            out.work.append(ScheduledWork(req, num, sample, total - start > 1 or not req.output_ids))
         out.batch = StepBatch(((tuple(shared),) if shared else ()) + tuple(solo))
         return out
 
@@ -243,7 +255,8 @@ class Scheduler:
         self.waiting.pop()
         self._start(req, out, hit, live)
         num = self._chunk(req, budget)
-        planned[req.request_id] = (req, num)
+        if num:
+            planned[req.request_id] = (req, num)
         return budget - num, True
 
     def _chunk(self, req: Request, budget: int) -> int:
@@ -251,7 +264,23 @@ class Scheduler:
             # A fixed chunk size whatever else runs, so the numerics match a solo
             # run; it is a llama_decode of its own, so it may overdraw the budget.
             return min(req.num_pending_tokens, self.cfg.step_token_budget)
-        return min(req.num_pending_tokens, budget)
+        num = min(req.num_pending_tokens, budget)
+        if num > 1 and self._yield_left is not None and req.priority < Priority.INTERACTIVE:
+            num = min(num, self._yield_left)
+            self._yield_left -= num
+        return num
+
+    def _lower_class_cap(self) -> int | None:
+        """Prefill tokens lower classes may take this step, or None (no cap)
+        when no interactive app has been active within the window."""
+        if not self.cfg.interactive_step_seconds:
+            return None
+        now = time.monotonic()
+        if any(r.priority >= Priority.INTERACTIVE for r in self.running):
+            self._last_interactive = now
+        if now - self._last_interactive > self.cfg.interactive_window_seconds:
+            return None
+        return max(16, int(self.cost.prefill_tps * self.cfg.interactive_step_seconds))
 
     def _make_room(self, req: Request, ops: list[O.Op]) -> list[Request] | None:
         """A running slot and a KV stream for `req`, preempting lower classes if
@@ -326,6 +355,21 @@ class Scheduler:
             self._fresh_holders.discard(seq)
             self._free_hold.append(seq)
         return ops
+
+    def release_streams(self) -> list[O.Op]:
+        """Every request and cache holder gives its KV stream up, so the context
+        can be recreated at another size while requests are in flight (memory
+        pressure). Each request is paused, its KV saved to host memory or
+        dropped for recompute by cost (a deterministic one always saved), and
+        resumes on the new context."""
+        ops: list[O.Op] = []
+        # lowest class first: each goes to the front of its queue, so the highest resumes first
+        for victim in sorted(self.running, key=lambda r: (r.priority, -r.arrival_time)):
+            self._preempt(victim, ops, need_stream=True)
+        for req in self.waiting:
+            if req.seq_id is not None:  # paused with its KV in place
+                self._release_stream(req, ops)
+        return ops + self.drop_device_cache()
 
     def _worth_saving(self, num_tokens: int) -> bool:
         if not self.cfg.kv_bytes_per_token:
@@ -415,11 +459,12 @@ class Scheduler:
         now = time.monotonic()
         updates: list[TokenUpdate] = []
         prefill = decode = 0
+        charges: dict[str, int] = {}  # one fair-share charge per app and step
         for sw in out.work:
             req = sw.request
             prefill += sw.num_tokens if sw.is_prefill else 0
             decode += 0 if sw.is_prefill else sw.num_tokens
-            self.waiting.charge(req.app_id, sw.num_tokens)
+            charges[req.app_id] = charges.get(req.app_id, 0) + sw.num_tokens
             if req.is_finished:
                 continue
             if req.seq_id in step.failed:
@@ -445,5 +490,18 @@ class Scheduler:
             updates.append(TokenUpdate(req, [token]))
             if len(req.output_ids) >= req.sampling.max_tokens or req.num_tokens >= self.cfg.context_per_sequence:
                 self.finish(req.request_id, RequestStatus.FINISHED_LENGTH, FinishReason.LENGTH)
+        for app_id, num in charges.items():
+            self.waiting.charge(app_id, num)
         self.cost.observe_step(prefill, decode, step.decode_seconds)
         return updates
+
+
+def _tokens(req: Request, start: int, num: int) -> list[int]:
+    """`req.all_ids[start : start + num]` without building all_ids (a copy of
+    the whole prompt per request and step)."""
+    p = len(req.prompt_ids)
+    if start >= p:
+        return req.output_ids[start - p : start - p + num]
+    if start + num <= p:
+        return req.prompt_ids[start : start + num]
+    return req.all_ids[start : start + num]

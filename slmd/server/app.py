@@ -14,6 +14,7 @@ import signal
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -26,12 +27,14 @@ from slmd.cache.prefix_cache import CacheConfig, EvictionPolicy
 from slmd.core import Engine
 from slmd.metrics import Metrics
 from slmd.memory.model import ModelSlot, vocab_grammar_check
+from slmd.memory.levels import PressureLevel
 from slmd.memory.reactor import MemoryReactor
 from slmd.models import ModelError, resolve_model
 from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
 from slmd.server import convert
 from slmd.docassist.prompts import PromptLayout
+from slmd.docassist.store import DocumentStore
 from slmd.server.admin import AdminServicer
 from slmd.server.documents import DocumentsServicer
 from slmd.server.generation import GenerationServicer
@@ -72,6 +75,8 @@ def build(cfg: Config) -> Daemon:
         context_per_sequence=cfg.model.context_per_sequence, batch_tokens=eng.step_token_budget,
         n_threads=cfg.model.n_threads, n_gpu_layers=cfg.model.n_gpu_layers,
         kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
+        lora_path=cfg.model.lora_path, lora_scale=cfg.model.lora_scale,
+        backend_sampling=cfg.model.backend_sampling,
     )
     # the engine unloads the model under memory pressure or after keep_alive, and reloads it from here
     runtime = ModelSlot(lambda n: LlamaRuntime(replace(runtime_cfg, num_sequences=n or runtime_cfg.num_sequences)),
@@ -85,12 +90,13 @@ def build(cfg: Config) -> Daemon:
         num_sequences=eng.streams, max_running=eng.max_running, step_token_budget=eng.step_token_budget,
         context_per_sequence=info.context_per_sequence, max_waiting=eng.max_waiting,
         kv_bytes_per_token=runtime.kv_bytes_per_token,
+        interactive_step_seconds=eng.interactive_step_seconds, interactive_window_seconds=eng.interactive_window_seconds,
         cache=CacheConfig(enabled=cfg.cache.enabled, min_tokens=cfg.cache.min_tokens, host_bytes=cfg.cache.host_bytes,
                           policy=EvictionPolicy(cfg.cache.policy),
                           sharing_groups={g: tuple(a) for g, a in cfg.cache.sharing_groups.items()}),
     ), policies.get, metrics, eng.keep_alive_seconds)
     engine.lifecycle.retry_after = cfg.memory.calm_seconds
-    reactor = MemoryReactor(engine, cfg.memory.calm_seconds, metrics)
+    reactor = MemoryReactor(engine, cfg.memory.calm_seconds, metrics, max_calm_seconds=cfg.memory.max_calm_seconds)
     metrics.watch(engine)
     front = None
     if cfg.auth.peer_credentials:
@@ -108,8 +114,10 @@ def build(cfg: Config) -> Daemon:
                                         info.context_per_sequence, eng.deterministic), SERVICES[0], metrics)
     register(server, AdminServicer(engine, info, identity, metrics, runtime.kv_bytes_per_token, reactor,
                                    frozenset(a for a, c in cfg.apps.items() if c.admin)), SERVICES[1], metrics)
-    register(server, DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,
-                                       info.context_per_sequence, cfg.docs, policies.priority), SERVICES[2], metrics)
+    documents = DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,
+                                  info.context_per_sequence, cfg.docs, policies.priority)
+    register(server, documents, SERVICES[2], metrics)
+    reactor.add_listener(_shed_documents(documents.store, asyncio.get_running_loop()))
     health_servicer = health.aio.HealthServicer()
     # Check goes through slmd's registry (corrupt bytes -> INVALID_ARGUMENT); Watch,
     # a long-lived stream written with context.write, keeps grpc's plain handler
@@ -120,6 +128,28 @@ def build(cfg: Config) -> Daemon:
             response_serializer=health_pb2.HealthCheckResponse.SerializeToString)}),))
     reflection.enable_server_reflection([s.full_name for s in SERVICES] + [reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)
     return Daemon(cfg, engine, runtime, server, health_servicer, front, metrics, reactor)
+
+
+def _shed_documents(store: DocumentStore, loop: asyncio.AbstractEventLoop) -> Callable[[PressureLevel], None]:
+    """A memory-pressure listener: at moderate or above, every open document's
+    derived state (indexes, embeddings, part summaries) is dropped; the
+    documents stay open and rebuild it on next use. The store belongs to the
+    event loop, so a level reported from the watcher thread is handed over."""
+
+    def shed() -> None:
+        freed = store.shed(1 << 62)  # all of it, in-flight part summaries included
+        log.info("memory pressure: %d bytes of document state dropped", freed)
+
+    def on_level(level: PressureLevel) -> None:
+        if level < PressureLevel.MODERATE:
+            return
+        try:
+            here = asyncio.get_running_loop() is loop  # the Admin RPC runs on the loop
+        except RuntimeError:
+            here = False
+        shed() if here else loop.call_soon_threadsafe(shed)
+
+    return on_level
 
 
 def _prepare_socket(path: Path) -> None:

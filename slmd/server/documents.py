@@ -102,7 +102,15 @@ def parse_questions(text: str) -> list[str]:
             return [str(q).strip() for q in value if str(q).strip()]
     except json.JSONDecodeError:
         pass
-    return [json.loads(f'"{m}"').strip() for m in _QUOTED.findall(text)]
+    return [q for q in map(_unquote, _QUOTED.findall(text)) if q]
+
+
+def _unquote(body: str) -> str:
+    # A model cut short or off its grammar may leave raw newlines or bad escapes in a string.
+    try:
+        return json.loads(f'"{body}"', strict=False).strip()
+    except json.JSONDecodeError:
+        return body.strip()
 
 
 class DocumentsServicer:

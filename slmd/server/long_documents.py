@@ -171,9 +171,10 @@ class LongDocuments:
             state.part_tasks[part.key] = task
 
             def finished(t: asyncio.Task, key=part.key) -> None:
-                if state.part_tasks.get(key) is t:
+                kept = state.part_tasks.get(key) is t  # not if the state was shed meanwhile (memory pressure)
+                if kept:
                     del state.part_tasks[key]
-                if not t.cancelled() and t.exception() is None:
+                if kept and not t.cancelled() and t.exception() is None:
                     state.part_summaries[key] = t.result()
                     self.store.enforce_derived_bound()
             task.add_done_callback(finished)

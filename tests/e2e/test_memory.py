@@ -6,9 +6,13 @@ fake cgroup directory, memory measured as the daemon's RSS.
   stays SERVING, a grammar is still checked, and the next request reloads.
 - moderate: cache holders dropped, background refused with RetryInfo,
   other work served.
-- critical with requests in flight: every request completes or ends with a
-  clear status, the model unloads once idle, the next request succeeds on a
-  smaller context, and the full one comes back when the pressure passes.
+- critical with requests in flight: the context is recreated with one KV
+  stream at once (RSS drops while the requests still run), every request
+  completes or ends with a clear status, the model unloads once idle, the
+  next request succeeds on a smaller context, and the full one comes back
+  when the pressure passes.
+- moderate and critical drop open documents' derived state (per-part
+  summaries): the next long summary recomputes every part, and succeeds.
 - a fake cgroup memory.events file drives the levels up and, after the calm
   period, back down.
 - only operators may signal."""
@@ -139,6 +143,9 @@ def test_critical_with_requests_in_flight(daemon_factory, default_model):
             await _status_until(c, lambda s: s.waiting_requests == 2)
             loaded_rss = rss_bytes(d.proc.pid)
             assert await c.signal_memory_pressure("running_critical") == "critical"
+            # KV given back at once: the requests in flight resume on a one-stream context
+            await _status_until(c, lambda s: s.num_sequences == 1 and s.model_loaded and s.running_requests == 1, 20)
+            busy_rss = rss_bytes(d.proc.pid)
             results = await asyncio.gather(first, *tasks, waiting)
             await _status_until(c, lambda s: not s.model_loaded, 10)  # idle under critical: unloaded
             unloaded_rss = rss_bytes(d.proc.pid)
@@ -149,19 +156,50 @@ def test_critical_with_requests_in_flight(daemon_factory, default_model):
             await _status_until(c, lambda s: s.model_loaded and s.num_sequences == 8, 20)  # 2 x max_running
             full = await c.complete(COUNTING, max_tokens=8)
             assert full.text == after.text
-            return results, loaded_rss, unloaded_rss, small_rss, after
+            return results, loaded_rss, busy_rss, unloaded_rss, small_rss, after
 
-    results, loaded_rss, unloaded_rss, small_rss, after = asyncio.run(main())
+    results, loaded_rss, busy_rss, unloaded_rss, small_rss, after = asyncio.run(main())
     *done, shed = results
     for r in done:  # paused, never dropped: every accepted running request completes in full
         assert not isinstance(r, Exception), r
         assert r.finish_reason == FinishReason.LENGTH and r.usage.completion_tokens == n
     assert isinstance(shed, ResourceExhausted) and shed.retry_after and shed.retry_after > 0, shed
+    print(f"RSS MiB: loaded {loaded_rss >> 20}, critical busy {busy_rss >> 20}, unloaded {unloaded_rss >> 20}, "
+          f"1-stream {small_rss >> 20}")
+    assert busy_rss < 0.75 * loaded_rss, (loaded_rss, busy_rss)  # measured 8 streams x 2048: ~600 -> ~340 MiB
     assert unloaded_rss < 0.6 * loaded_rss, (loaded_rss, unloaded_rss)
     assert small_rss < 0.75 * loaded_rss, (loaded_rss, small_rss)
     assert after.finish_reason == FinishReason.LENGTH
     log = d.log_text()
     assert "memory pressure critical: batch 1" in log and "model unloaded: memory pressure critical" in log
+    assert "KV context recreated: 8 -> 1 streams" in log
+
+
+def test_pressure_drops_document_state(daemon_factory, default_model):
+    from tests.e2e import long_document
+
+    # 32-token chunks and a 160-token budget: a one-page document is map-reduced in a few parts
+    d = _start(daemon_factory, default_model, "--max-running", "2",
+               env={"SLMD_DOCS__CHUNK_TOKENS": "32", "SLMD_DOCS__MAX_CHUNKS": "5"})
+    with Client(d.target, timeout=240) as c:
+        docs = c.documents
+        doc = docs.open(long_document.pages()[0], filename="notes.txt")
+
+        def summary() -> tuple[int, int]:
+            result = docs.collect(docs.summarize(doc))
+            assert result.text.strip() and result.finish_reason is not None
+            return result.progress[-1].num_parts, result.progress[-1].num_cached_parts
+
+        num_parts, cached = summary()
+        assert num_parts >= 3 and cached == 0
+        assert summary() == (num_parts, num_parts)  # the parts are kept in the document's state
+        assert c.signal_memory_pressure("running_moderate") == "moderate"
+        assert summary() == (num_parts, 0)  # dropped: every part recomputed, still served
+        assert summary() == (num_parts, num_parts)
+        assert c.signal_memory_pressure("running_critical") == "critical"
+        assert summary() == (num_parts, 0)
+        assert docs.collect(docs.ask(doc, "What is this page about?", max_tokens=8)).text.strip()
+    assert d.log_text().count("bytes of document state dropped") == 2
 
 
 def test_cgroup_events_file_drives_the_levels(daemon_factory, default_model, tmp_path: Path):

@@ -2,13 +2,16 @@
 and registration, fd sources through a fake wait (a regular file or FIFO
 cannot raise POLLPRI), a FIFO through real poll(), systemd's protocol, the
 cgroup memory.events parser and poller, the RSS budget, the level-to-action
-plan, and the scheduler's pressure operations."""
+plan, the calm period's backoff against a budget the full context cannot
+fit, the scheduler's pressure operations, and moving a saved KV state
+between contexts of different stream counts."""
 
 from __future__ import annotations
 
 import base64
 import os
 import select
+import struct
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,8 @@ from slmd.memory.reactor import MemoryReactor, plan_for
 from slmd.memory.sources import (BudgetSource, CgroupSource, PollPriSource, Watcher, cgroup_dir, parse_memory_events,
                                  parse_psi, parse_trigger, psi_sources, systemd_source)
 from slmd.request import Priority, Request, RequestStatus, SamplingParams
+from slmd.runtime.kv_state import restream
+from slmd.scheduler import ops as O
 from slmd.scheduler.scheduler import Scheduler, SchedulerConfig
 
 M, C, N = PressureLevel.MODERATE, PressureLevel.CRITICAL, PressureLevel.NONE
@@ -212,6 +217,68 @@ def test_budget_source():
     assert src.check() == C
 
 
+def test_a_relapsing_level_backs_off_its_calm_period():
+    clock = Clock()
+    h = Hysteresis(10.0, clock, max_calm_seconds=35.0)
+    h.report(C)
+    clock.t += 10.5
+    assert h.level() == N
+    assert h.report(C) == C and h.calm_of(C) == 20  # back within one calm period of falling
+    clock.t += 20.5
+    assert h.level() == N
+    h.report(C)
+    assert h.calm_of(C) == 35  # capped
+    clock.t += 35 + 36  # away longer than its calm period: forgiven
+    h.report(C)
+    assert h.calm_of(C) == 10
+    h.report(M)
+    assert h.calm_of(M) == 10  # per level
+
+
+class _BudgetDaemon:
+    """The engine as the RSS budget sees it: the full context (1000 MiB) over a
+    600 MiB budget at any level below critical, a one-stream context (300 MiB)
+    under critical."""
+
+    def __init__(self) -> None:
+        self.level = N
+        self.reloads = 0  # back to the full context
+
+    def set_pressure(self, level: PressureLevel) -> None:
+        if level < C <= self.level:
+            self.reloads += 1
+        self.level = level
+
+    def rss(self) -> int:
+        return (300 if self.level == C else 1000) << 20
+
+
+def _run_budget(max_calm: float, seconds: int) -> _BudgetDaemon:
+    clock, eng = Clock(), _BudgetDaemon()
+    r = MemoryReactor(eng, 30.0, clock=clock, max_calm_seconds=max_calm)
+
+    def wait(fds, timeout):  # a poll that lets the scripted clock run
+        clock.t += timeout
+        return []
+
+    w = Watcher([BudgetSource(600 << 20, rss=eng.rss)], r.signal, interval=1.0, tick=r.tick, wait=wait)
+    try:
+        for _ in range(seconds):
+            w.run_once(1.0)
+    finally:
+        w.stop()
+    return eng
+
+
+def test_budget_below_the_full_context_settles_instead_of_oscillating():
+    """unload -> calm -> reload -> over budget -> ... : without backoff a
+    reload every calm period (31 s); with it, at most one per max_calm."""
+    hour = 3600
+    assert _run_budget(30.0, hour).reloads >= 100  # the oscillation (max_calm == calm: no backoff)
+    eng = _run_budget(600.0, hour)
+    assert eng.reloads <= 9, eng.reloads  # falls at ~30, 91, 212, 453, 934 s, then every ~600 s
+
+
 # ---- reactor --------------------------------------------------------------------
 
 class _Recorder:
@@ -274,6 +341,47 @@ def test_resize_lays_the_streams_out_again():
     s.take_finished()
     s.resize(8, full)
     assert s.set_max_running(4) == [] and (s.cfg.num_sequences, s.max_running) == (8, 4)
+
+
+def test_release_streams_frees_every_stream_for_a_smaller_context():
+    full = SchedulerConfig(num_sequences=8, max_running=4, kv_bytes_per_token=1e9)  # recompute beats saving
+    s = Scheduler(full, lambda t: False)
+    reqs = [_req(0, Priority.BACKGROUND), _req(1, Priority.INTERACTIVE), _req(2, Priority.NORMAL),
+            _req(3, Priority.BACKGROUND)]
+    reqs[2].deterministic = True  # exact resume: always saved
+    for r in reqs:
+        s.add(r)
+    s.schedule()
+    for r in reqs:
+        r.num_computed_tokens = 20
+    s.set_max_running(2)  # two paused with their KV in place
+    ops = s.release_streams()
+    assert not s.running and all(r.seq_id is None and r.status == RequestStatus.PREEMPTED for r in reqs)
+    assert [o.request_id for o in ops if isinstance(o, O.SaveRequest)] == ["r2"]
+    assert sorted(o.seq_id for o in ops if isinstance(o, O.Release)) == [0, 1, 2, 3]
+    assert all(r.num_computed_tokens == (20 if r.deterministic else 0) for r in reqs)
+    assert s.waiting.peek().request_id == "r1"  # the highest class resumes first
+    s.resize(1, full)  # allowed now: no stream is held
+    assert s.max_running == 1
+
+
+def _state(n_streams: int, stream: int, cells: bytes, *, seq: int = 3) -> bytes:
+    out = struct.pack("<Ii", 0xAF143CD8, seq) + struct.pack("<I", n_streams)
+    for i in range(n_streams):
+        out += cells if i == stream else struct.pack("<I", 0)
+    return out
+
+
+def test_restream_moves_a_saved_sequence_between_stream_counts():
+    cells = struct.pack("<I", 40) + bytes(range(1, 200)) + bytes(8)  # its own data may end in zeros
+    eight = _state(8, 3, cells)
+    assert restream(eight, 1) == _state(1, 0, cells)
+    assert restream(eight, 2) == _state(2, 0, cells)
+    assert restream(restream(eight, 1), 8) == _state(8, 0, cells)
+    assert restream(eight, 8) is eight
+    assert restream(_state(8, 0, struct.pack("<I", 0)), 1) == _state(1, 0, struct.pack("<I", 0))  # empty
+    broken = eight[:-4] + b"\x01\0\0\0"  # not a lone cell stream: left for llama.cpp to refuse
+    assert restream(broken, 1) is broken
 
 
 def test_reactor_watches_configured_sources_in_its_thread(tmp_path: Path):

@@ -235,3 +235,33 @@ def test_interactive_arrival_goes_before_background_prefill_spends_the_budget():
     out = s.schedule()
     works = {w.request.request_id: w.num_tokens for w in out.work}
     assert works["ui"] == 3 and works.get("bg", 0) == 5  # ui first, bg gets what is left
+
+
+def test_background_prefill_is_cut_while_an_interactive_app_is_active():
+    s = sched(num_sequences=4, step_token_budget=64, interactive_step_seconds=0.1, interactive_window_seconds=30)
+    s.cost.prefill_tps = 200.0  # 0.1 s of prefill = 20 tokens
+    s.add(mk("bg", 400, prio=Priority.BACKGROUND, app="batch"))
+    out = s.schedule()
+    assert out.batch.num_tokens == 64  # nobody interactive yet: the whole budget
+    s.update(out, sample_all(out))
+    s.add(mk("ui", 3, prio=Priority.INTERACTIVE, app="ui", max_tokens=2))
+    for _ in range(3):  # ui prefills, decodes, finishes; bg stays cut meanwhile
+        out = s.schedule()
+        works = {w.request.request_id: w.num_tokens for w in out.work}
+        assert works.get("bg", 0) <= 20
+        s.update(out, sample_all(out))
+    assert s.take_finished()[0][0].request_id == "ui"
+    out = s.schedule()  # ui gone, but seen within the window: still cut
+    assert {w.request.request_id: w.num_tokens for w in out.work} == {"bg": 20}
+    s.update(out, sample_all(out))
+    s._last_interactive -= 31  # the window has passed
+    out = s.schedule()
+    assert {w.request.request_id: w.num_tokens for w in out.work} == {"bg": 64}
+
+
+def test_interactive_cap_off_by_config():
+    s = sched(num_sequences=4, step_token_budget=64, interactive_step_seconds=0)
+    s.add(mk("ui", 3, prio=Priority.INTERACTIVE, app="ui"))
+    s.add(mk("bg", 200, prio=Priority.BACKGROUND, app="batch"))
+    out = s.schedule()
+    assert {w.request.request_id: w.num_tokens for w in out.work} == {"ui": 3, "bg": 61}
