@@ -299,9 +299,9 @@ Built by `python -m training.docassist build`; regenerate this sheet with `pytho
 
 - Records: {len(records)} documents ({sum(r.split is Split.TRAIN for r in records)} train, {sum(r.split is Split.TEST for r in records)} test); {tokens:,} document tokens (SmolLM2 tokenizer), at most {MAX_CHUNKS} chunks of {CHUNK_TOKENS} tokens each.
 - Per document: one summary, {NUM_QUESTIONS} suggested questions, {NUM_QUESTIONS} question-answer pairs (SlimLM paper, section 3.2).
-- Teacher: {', '.join(teachers)}, served by slmd, greedy decoding; questions and QA pairs under a JSON schema. Teacher time per document (three concurrent requests): {seconds / max(1, len(records)):.1f} s on average.
+- Teacher: {', '.join(teachers)}, served by slmd, greedy decoding; questions and QA pairs asked for as JSON lists (under a JSON-schema grammar unless built with `--no-grammar`, when replies that do not parse are skipped). Teacher time per document (three concurrent requests, with other documents in flight): {seconds / max(1, len(records)):.1f} s on average.
 - Split: by document id hash (`split_of`), so no test document appears in fine-tuning.
-- Annotations are machine-written and unchecked beyond schema validation and a read of a sample; they inherit the teacher's errors.
+- Annotations are machine-written and unchecked beyond schema validation and a read of a sample; they inherit the teacher's errors (in the sample read, summaries and questions were faithful; some answers restate the document rather than answer the question asked).
 
 | source | train | test | licence of the document text |
 |---|---|---|---|
