@@ -1,7 +1,9 @@
-"""Memory and time to first token across the model's lifecycle, and one slmd
-serving 4 apps versus 4 separate llama.cpp processes on the same model.
+"""Memory and time to first token across the model's lifecycle, and SLMaaS
+versus one model per app: N apps (default 8) each loading their own model in
+N processes versus one slmd serving the N apps, total memory and aggregate
+throughput in one run.
 
-    .venv/bin/python -m benchmarks.memory [--model PATH] [--threads 2]
+    .venv/bin/python -m benchmarks.memory [--model PATH] [--threads 2] [--apps 8]
 
 Lifecycle (one daemon, default engine settings): cold start (spawn to
 SERVING, then the first request), warm (the next request), unloaded (a
@@ -10,54 +12,32 @@ request pays the reload) and warm again. RSS is the daemon's VmRSS from
 /proc/<pid>/status; TTFT is measured by the client (request sent to first
 token) with distinct prompts, so no prefix cache helps.
 
-4 apps: one slmd with 4 KV streams of 2048 tokens (the same KV as the 4
-processes) and with its default 16 streams, each serving one request per app
-(4 bearer tokens = 4 apps), against 4 Python processes that each load the
-model with llama-cpp-python's low-level API and one 2048-token context and
-generate once. RSS counts the memory-mapped weights in every process that
-touched them; PSS (/proc/<pid>/smaps_rollup) splits shared pages among the
-processes that share them, so the PSS sum is the physical memory used.
+N apps: see benchmarks/per_app.py. N llama-cpp-python processes (each with its
+own copy of the GGUF, and again all mapping one file) against one slmd with
+--max-running N and its default 2N KV streams, and with N streams; the same
+prompts, greedy, the same output token counts (EOS ignored). PSS
+(/proc/<pid>/smaps_rollup) splits shared pages among the processes that share
+them, so the PSS sum is the physical memory used.
 
 Writes benchmarks/results/memory.md and memory.png."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks import per_app
 from benchmarks.harness import RESULTS, print_table, write_results
-from benchmarks.multiapp import start_slmd, token_of, write_config
+from benchmarks.multiapp import start_slmd, write_config
+from benchmarks.per_app import MIB, PROMPT, TOPICS, mem_of
 from slmd.paths import default_data_dir
-from slmd_client import AsyncClient, Client
+from slmd_client import Client
 
-MIB = 1 << 20
 GEN_TOKENS = 32
-PROMPT = "Write a short note about {topic} for a colleague. Keep it friendly and clear."
-TOPICS = ["the weather", "a meeting", "lunch plans", "a book", "the garden", "a train trip", "a concert",
-          "a bicycle", "the office", "a recipe"]
-
-
-def mem_of(pid: int) -> tuple[int, int, int]:
-    """(RSS, PSS, anonymous RSS) in bytes."""
-    rss = pss = anon = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("RssAnon:"):
-                anon = int(line.split()[1]) * 1024
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-    return rss, pss, anon
 
 
 def ttft(client: Client, prompt: str, **kw) -> float:
@@ -141,78 +121,6 @@ def _critical_while_busy(c: Client, pid: int) -> tuple[float, float]:
     return before / MIB, after / MIB
 
 
-# ---- 4 apps ----------------------------------------------------------------------
-
-WORKER = r'''
-import sys, ctypes, numpy as np, llama_cpp as L
-model_path, n_ctx, threads, prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-L.llama_backend_init()
-mp = L.llama_model_default_params()  # weights memory-mapped, as slmd loads them
-model = L.llama_model_load_from_file(model_path.encode(), mp)
-cp = L.llama_context_default_params()
-cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch, cp.n_seq_max = n_ctx, 512, threads, threads, 1
-ctx = L.llama_init_from_model(model, cp)
-vocab = L.llama_model_get_vocab(model)
-n_vocab = L.llama_vocab_n_tokens(vocab)
-data = prompt.encode()
-arr = (L.llama_token * (len(data) + 8))()
-n = L.llama_tokenize(vocab, data, len(data), arr, len(arr), True, True)
-batch = L.llama_batch_get_one(arr, n)
-L.llama_decode(ctx, batch)
-for _ in range(n_gen):
-    logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-    tok = (L.llama_token * 1)(int(logits.argmax()))
-    L.llama_decode(ctx, L.llama_batch_get_one(tok, 1))
-print("ready", flush=True)
-sys.stdin.readline()  # hold the memory until the parent has measured
-'''
-
-
-def separate_processes(model: Path, threads: int, n: int = 4) -> tuple[int, int, int, float]:
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(model), "2048", str(threads),
-                               PROMPT.format(topic=TOPICS[i]), str(GEN_TOKENS)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for i in range(n)]
-    t0 = time.perf_counter()
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", "worker failed"
-        secs = time.perf_counter() - t0
-        mems = [mem_of(p.pid) for p in procs]
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(30)
-    return sum(m[0] for m in mems), sum(m[1] for m in mems), sum(m[2] for m in mems), secs
-
-
-def one_slmd(model: Path, threads: int, tmp: Path, streams: int | None, n: int = 4) -> tuple[int, int, int, float]:
-    apps = [f"app{i}" for i in range(n)]
-    cfg = write_config(tmp / f"apps{streams}.toml", apps)
-    env = {"SLMD_MEMORY__PSI": "false"}
-    extra: tuple[str, ...] = ("--metrics-port", "0")
-    if streams:
-        env["SLMD_ENGINE__NUM_SEQUENCES"] = str(streams)
-        extra += ("--max-running", str(streams))
-    work = Path(tempfile.mkdtemp(dir=tmp))
-    d = start_slmd(work, model, cfg, threads=threads, env=env, extra=extra)
-
-    async def serve_all() -> None:
-        async def one(i: int) -> None:
-            async with AsyncClient(d.target, token=token_of(apps[i])) as c:
-                await c.complete(PROMPT.format(topic=TOPICS[i]), max_tokens=GEN_TOKENS)
-        await asyncio.gather(*(one(i) for i in range(n)))
-
-    try:
-        t0 = time.perf_counter()
-        asyncio.run(serve_all())
-        secs = time.perf_counter() - t0
-        mem = mem_of(d.proc.pid)
-    finally:
-        d.stop()
-    return (*mem, secs)
-
-
 def _median(values: list) -> float | str:
     return "-" if None in values else statistics.median(values)
 
@@ -220,74 +128,89 @@ def _median(values: list) -> float | str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=default_data_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="slmd's threads (each per-app process: threads // apps, >= 1)")
     ap.add_argument("--repeat", type=int, default=3, help="lifecycle runs; the table shows medians")
+    ap.add_argument("--apps", type=int, default=8, help="apps (per-app processes; slmd clients and --max-running)")
+    ap.add_argument("--requests", type=int, default=2, help="requests per app, one after another")
+    ap.add_argument("--gen-tokens", type=int, default=64, help="generated tokens per request (greedy, EOS ignored)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         runs = [lifecycle(args.model, args.threads, tmp) for _ in range(args.repeat)]
         life = [[rs[0][0], *(_median([r[i] for r in rs]) for i in range(1, 5))] for rs in zip(*runs)]
-        sep = separate_processes(args.model, 1)  # 4 processes on a small machine: one thread each
-        small = one_slmd(args.model, args.threads, tmp, 4)
-        default = one_slmd(args.model, args.threads, tmp, None)
-    apps = [[name, m[0] / MIB, m[1] / MIB, m[2] / MIB, m[3]] for name, m in (
-        ("4 llama.cpp processes, 1 ctx x 2048 each", sep), ("1 slmd, 4 streams x 2048", small),
-        ("1 slmd, default 16 streams x 2048", default))]
+        apps, ratios, labels = per_app.compare(args.model, args.apps, threads=args.threads, requests=args.requests,
+                                               gen=args.gen_tokens, tmp=tmp, max_running=args.apps)
 
     h1 = ["phase", "start s", "TTFT s", "RSS before MiB", "RSS after MiB"]
     print_table(h1, life)
-    h2 = ["4 apps served by", "RSS sum MiB", "PSS sum MiB", "anon RSS sum MiB", "wall s"]
     print()
-    print_table(h2, apps)
+    print_table(per_app.APP_HEADER, apps)
+    print()
+    print_table(per_app.RATIO_HEADER, ratios)
+    n, own, shared = args.apps, apps[0], apps[1]
+    met = {r[0]: (r[3], r[6]) for r in ratios}
+    verdict = "; ".join(f"{name}: {'met' if m[0] == 'yes' else 'NOT met'} against own copies, "
+                        f"{'met' if m[1] == 'yes' else 'NOT met'} against the shared file" for name, m in met.items())
     notes = [
-        "", "## 4 apps, one model", "",
-        "| " + " | ".join(h2) + " |", "|" + "---|" * len(h2),
-        *["| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in a) + " |" for a in apps],
+        "", f"## SLMaaS versus one model per app: {n} apps", "",
+        *per_app.md_table(per_app.APP_HEADER, apps), "",
+        "Ratios slmd / per-app (target: PSS <= 0.25x with tok/s >= 1.00x):", "",
+        *per_app.md_table(per_app.RATIO_HEADER, ratios), "",
+        f"**Target (slmd <= 0.25x the per-app memory at {n} apps with equal or better throughput)**: {verdict}.",
+        "",
+        per_app.why(apps, n), "",
+        f"Workload: {n} apps x {args.requests} requests, one after another per app and all apps at once, "
+        f"{args.gen_tokens} generated tokens each (greedy, EOS ignored), distinct short prompts (about "
+        f"{own[5] // (n * args.requests)} tokens; slmd counts {apps[2][5] // (n * args.requests)}), the same prompts on "
+        "every side. Memory: the sample with the largest PSS sum, taken every 0.2 s from the first request to the "
+        "last token and once after it with everything still loaded; sums over the per-app processes or the one "
+        "daemon (the benchmark process, which holds slmd's 8 gRPC clients, is not counted on either side). "
+        "Throughput: generated tokens / wall time from the first request to the last token (the per-app processes "
+        "had loaded their model before; the daemon was up).",
+        f"Per-app processes: llama-cpp-python low-level API, weights memory-mapped, one context of 1 sequence x "
+        f"2048 tokens, {max(1, args.threads // n)} thread each ({n} processes share {args.threads} cores). 'Own copy' "
+        f"copies the GGUF to {n} distinct files first: the page cache shares nothing between them, as apps that "
+        "ship their own model in their own package or sandbox; 'shared file' maps one file, so the weights are in "
+        "memory once (the best case for per-app). Each process also carries its own Python interpreter and "
+        "llama.cpp runtime, which an app embedding llama.cpp in-process would partly share with itself.",
+        f"slmd: `--max-running {n} --context 2048 --threads {args.threads}`, apps told apart by bearer tokens, other "
+        f"settings default (prefix cache on, host tier up to 512 MiB). engine.num_sequences defaults to 2 x max_running "
+        f"= {2 * n} KV streams of 2048 tokens ({n} for running requests, {n} for idle cache holders); the second slmd "
+        f"row sets SLMD_ENGINE__NUM_SEQUENCES={n}, the same KV as the {n} processes.",
         "",
         f"Lifecycle rows: medians of {args.repeat} runs. TTFT: client-side, request sent to first token, {GEN_TOKENS} tokens generated, distinct prompts "
         f"(no prefix-cache hits), `--threads {args.threads}`. 'start s' is spawn to gRPC health SERVING "
         "(process start, imports, model load, context creation). The first request after an unload pays "
         "the lazy reload (weights still in the page cache: a warm start).",
-        "RSS of the processes counts the memory-mapped weights in each; PSS splits shared pages, so the "
-        "PSS sum is the physical memory; anonymous RSS is private memory (KV, compute buffers, heap), the "
-        "rest is file pages (weights, libraries) that the page cache shares. The 4-process wall time is spawn to all 4 generations done; "
-        "slmd's is the 4 concurrent requests only (the daemon was already up). Each separate process "
-        "ran with 1 thread (4 processes sharing the cores).",
         "Under critical pressure the idle model is unloaded; the next request reloads it with one KV "
         "stream (engine.max_running 1); when the pressure passes the idle engine reloads the configured "
         "16 streams. With requests in flight (the 'busy' row: 4 requests of 160 tokens running), the "
         "context is recreated with one stream at once: each request saves its KV to host memory or "
         "drops it for recompute, resumes on the new context and completes in full.",
-        "Other jobs shared this 2-core machine during the run: times are indicative, memory is not affected.",
+        "Other jobs may share this 2-core machine during the run: times are indicative, memory is not affected.",
     ]
-    path = write_results("memory", "Memory across the model lifecycle, and 4 apps on one model",
+    path = write_results("memory", f"Memory across the model lifecycle, and {n} apps: slmd versus one model per app",
                          h1, life, notes)
-    _plot(life, apps, RESULTS / "memory.png")
+    _plot(life, apps, labels, n, RESULTS / "memory.png")
     print(f"\nwrote {path} and {path.with_suffix('.png')}")
 
 
-def _plot(life: list[list], apps: list[list], out: Path) -> None:
+def _plot(life: list[list], apps: list[list], labels: list[str], n: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(17, 5.5))
+    fig, ((a1, a2), (a3, a4)) = plt.subplots(2, 2, figsize=(15, 10))
     names = [r[0].split(" (")[0].replace("first request ", "") for r in life]
     a1.bar(names, [r[4] for r in life], color="tab:blue")
     a1.set_title("daemon RSS after each phase (MiB)")
     a1.tick_params(axis="x", rotation=30)
-    t = [(n, r[2]) for n, r in zip(names, life) if r[2] != "-"]
-    a2.bar([n for n, _ in t], [v for _, v in t], color="tab:orange")
+    t = [(n_, r[2]) for n_, r in zip(names, life) if r[2] != "-"]
+    a2.bar([n_ for n_, _ in t], [v for _, v in t], color="tab:orange")
     a2.set_title("time to first token (s)")
     a2.tick_params(axis="x", rotation=30)
-    labels = ["4 processes", "slmd 4 streams", "slmd 16 streams"]
-    x = range(len(apps))
-    a3.bar([i - 0.2 for i in x], [a[1] for a in apps], width=0.4, label="RSS sum")
-    a3.bar([i + 0.2 for i in x], [a[2] for a in apps], width=0.4, label="PSS sum")
-    a3.set_xticks(list(x), labels)
-    a3.set_title("4 apps: memory (MiB)")
-    a3.legend()
+    per_app.plot(a3, a4, apps, labels, n)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
