@@ -32,6 +32,10 @@ class WaitQueue:
             v = self._floor()
         self._vtime[app_id] = v + num_tokens / self._weight_of(app_id)
 
+    def served(self, app_id: str) -> float:
+        """The app's virtual time: tokens served over its weight."""
+        return self._vtime.get(app_id, 0.0)
+
     def _floor(self) -> float:
         active = [self._vtime.get(a, 0.0) for apps in self._apps.values() for a in apps]
         return min(active, default=max(self._vtime.values(), default=0.0))

@@ -197,7 +197,11 @@ class Scheduler:
             if not ok:
                 break
 
-        for req in sorted(self.running, key=lambda r: (-r.priority, r.num_pending_tokens)):
+        # Decodes first (one token each); then prompts, least-served app first
+        # (its fair share), shortest first within an app.
+        served = self.waiting.served
+        for req in sorted(self.running, key=lambda r: (-r.priority, r.num_pending_tokens > 1, served(r.app_id),
+                                                      r.num_pending_tokens)):
             if budget <= 0:
                 break
             if req.request_id in planned:
@@ -271,13 +275,17 @@ class Scheduler:
         return num
 
     def _lower_class_cap(self) -> int | None:
-        """Prefill tokens lower classes may take this step, or None (no cap)
-        when no interactive app has been active within the window."""
+        """Prefill tokens lower classes may take this step: none while an
+        interactive prompt waits or prefills, a short step's worth while an
+        interactive app has been active within the window, else None (no cap)."""
         if not self.cfg.interactive_step_seconds:
             return None
         now = time.monotonic()
-        if any(r.priority >= Priority.INTERACTIVE for r in self.running):
+        interactive = [r for r in (*self.running, *self.waiting) if r.priority >= Priority.INTERACTIVE]
+        if interactive:
             self._last_interactive = now
+            if any(r.num_pending_tokens > 1 for r in interactive):
+                return 0  # an interactive prompt is waiting or prefilling: its step carries no lower-class prompt
         if now - self._last_interactive > self.cfg.interactive_window_seconds:
             return None
         return max(16, int(self.cost.prefill_tps * self.cfg.interactive_step_seconds))

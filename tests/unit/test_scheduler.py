@@ -227,7 +227,7 @@ def test_concurrent_requests_on_one_document_share_its_prefill():
 
 
 def test_interactive_arrival_goes_before_background_prefill_spends_the_budget():
-    s = sched(num_sequences=2, step_token_budget=8)
+    s = sched(num_sequences=2, step_token_budget=8, interactive_step_seconds=0)  # the budget order alone
     s.add(mk("bg", 40, prio=Priority.BACKGROUND, app="batch"))
     out = s.schedule()
     s.update(out, sample_all(out))
@@ -245,10 +245,10 @@ def test_background_prefill_is_cut_while_an_interactive_app_is_active():
     assert out.batch.num_tokens == 64  # nobody interactive yet: the whole budget
     s.update(out, sample_all(out))
     s.add(mk("ui", 3, prio=Priority.INTERACTIVE, app="ui", max_tokens=2))
-    for _ in range(3):  # ui prefills, decodes, finishes; bg stays cut meanwhile
+    for i in range(3):  # ui prefills (bg prompt held back), decodes, finishes; bg stays cut meanwhile
         out = s.schedule()
         works = {w.request.request_id: w.num_tokens for w in out.work}
-        assert works.get("bg", 0) <= 20
+        assert works.get("bg", 0) == 0 if i == 0 else works.get("bg", 0) <= 20
         s.update(out, sample_all(out))
     assert s.take_finished()[0][0].request_id == "ui"
     out = s.schedule()  # ui gone, but seen within the window: still cut
@@ -265,3 +265,16 @@ def test_interactive_cap_off_by_config():
     s.add(mk("bg", 200, prio=Priority.BACKGROUND, app="batch"))
     out = s.schedule()
     assert {w.request.request_id: w.num_tokens for w in out.work} == {"ui": 3, "bg": 61}
+
+
+def test_scarce_prefill_budget_goes_to_the_least_served_app():
+    s = sched(num_sequences=4, step_token_budget=64, interactive_step_seconds=0.1)
+    s.cost.prefill_tps = 160.0  # lower classes get 16 prompt tokens a step while an interactive app is active
+    s._last_interactive = time.monotonic()
+    s.add(mk("a1", 40, prio=Priority.BACKGROUND, app="a"))
+    s.add(mk("b1", 60, prio=Priority.BACKGROUND, app="b"))
+    out = s.schedule()  # both start; a1 (first in) takes the 16
+    assert {w.request.request_id: w.num_tokens for w in out.work} == {"a1": 16}
+    s.update(out, sample_all(out))
+    out = s.schedule()  # b has been served nothing: its prompt goes first although a1's is shorter
+    assert {w.request.request_id: w.num_tokens for w in out.work} == {"b1": 16}
