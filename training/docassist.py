@@ -209,9 +209,18 @@ async def build(client, docs: list[Document], out: Path, tokenizer: Tokenizer, t
     t0 = time.perf_counter()
 
     async def one(doc: Document) -> None:
+        from slmd_client.errors import ResourceExhausted
+
         async with gate:
             try:
-                record, num_generated = await annotate(client, doc, tokenizer, teacher, test_fraction)
+                for attempt in range(8):  # the daemon at capacity (an app's max_concurrent): wait as told
+                    try:
+                        record, num_generated = await annotate(client, doc, tokenizer, teacher, test_fraction)
+                        break
+                    except ResourceExhausted as e:
+                        if attempt == 7:
+                            raise
+                        await asyncio.sleep(e.retry_after or 1.0)
             except (ValueError, KeyError, TypeError, AttributeError) as e:  # malformed JSON, a record pydantic rejects
                 report.num_failed += 1
                 log(f"skip {doc.doc_id}: {str(e)[:200]}")
