@@ -11,7 +11,7 @@ from pathlib import Path
 
 from slmd.config import Config, ConfigError, load_config
 from slmd.models import DEFAULT_MODEL, ModelError, pull_default
-from slmd.runtime.llama import RuntimeError_
+from slmd.runtime.base import RuntimeError_  # not .llama: that loads llama.cpp, `slmd --help` stays fast
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,10 @@ from typing import Protocol, Sequence
 from slmd.request import SamplingParams
 
 
+class RuntimeError_(Exception):
+    """The backend could not load or run the model."""
+
+
 @dataclass(frozen=True)
 class SeqWork:
     """Tokens to feed one sequence in this step, starting at position `start_pos`."""

@@ -17,7 +17,7 @@ import llama_cpp as L
 import numpy as np
 
 from slmd.request import SamplingParams
-from slmd.runtime.base import ModelInfo, StepBatch, StepOutput
+from slmd.runtime.base import ModelInfo, RuntimeError_, StepBatch, StepOutput
 from slmd.runtime.kv_state import restream
 from slmd.runtime.sampling import build_chain, free_chain, grammar_error, greedy_chain
 
@@ -31,10 +31,6 @@ def _init_backend() -> None:
     if not _backend_ready:
         L.llama_backend_init()
         _backend_ready = True
-
-
-class RuntimeError_(Exception):
-    """The backend could not load or run the model."""
 
 
 @dataclass(frozen=True)
