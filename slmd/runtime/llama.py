@@ -97,18 +97,18 @@ class LlamaRuntime:
         if not self.ctx:
             L.llama_model_free(self.model)
             raise RuntimeError_(f"llama.cpp could not create a context for {cfg.model_path}")
-        self._lora = None
-        if cfg.lora_path is not None:
-            self._apply_lora(cfg.lora_path, cfg.lora_scale)
-        self.mem = L.llama_get_memory(self.ctx)
-        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self._batch = _Batch(cfg.batch_tokens)
         self._chains: dict[int, object] = {}  # seq_id -> CPU sampler chain (non-greedy requests)
         # seq_id -> greedy chain attached to the context: the argmax runs in the
         # decode graph and, when every output of a ubatch has one, the
         # n_outputs x n_vocab logits are never copied to host memory
         self._backend: dict[int, object] = {}
         self._retired: list[object] = []  # detached chains, freed after the next decode
+        self._lora = None
+        if cfg.lora_path is not None:
+            self._apply_lora(cfg.lora_path, cfg.lora_scale)
+        self.mem = L.llama_get_memory(self.ctx)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self._batch = _Batch(cfg.batch_tokens)
         # Off unless asked for: on the CPU the sampling graph (a padded copy of
         # the logits, an argmax per sequence) made steps 2.5x slower at 64
         # sequences; on an H100 at 64 sequences decode was 6,913 tok/s with it
@@ -143,11 +143,7 @@ class LlamaRuntime:
                                            (ctypes.c_float * 1)(scale)) != 0:
                 error = f"llama.cpp could not apply the LoRA adapter {path}"
         if error is not None:
-            L.llama_free(self.ctx)
-            if self._lora:
-                L.llama_adapter_lora_free(self._lora)
-            L.llama_model_free(self.model)
-            self.ctx = self.model = self._lora = None
+            self.close()
             raise RuntimeError_(error)
 
     # ---- metadata ---------------------------------------------------------
@@ -350,7 +346,7 @@ class LlamaRuntime:
             free_chain(chain)
         self._backend.clear()
         self._retired.clear()
-        if getattr(self, "_lora", None):
+        if self._lora:
             L.llama_adapter_lora_free(self._lora)
             self._lora = None
         if self.model:
