@@ -21,6 +21,7 @@ from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
 from slmd.tokenizer import Tokenizer
 from tests.integration.prompts import CHAT_PROMPTS
+from tests.integration.streams import collect
 
 MAX_TOKENS = 48
 
@@ -42,10 +43,8 @@ def prompts(default_model):
 
 
 async def _run(engine: Engine, req: Request) -> list[int]:
-    ids: list[int] = []
-    async for out in engine.stream(req):
-        assert out.error is None, out.error
-        ids.extend(out.token_ids)
+    ids, last = await collect(engine, req)
+    assert last.error is None, last.error  # an error ends a stream: only the last output can carry one
     return ids
 
 

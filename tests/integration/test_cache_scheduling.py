@@ -18,6 +18,7 @@ from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
 from slmd.tokenizer import Tokenizer
 from tests.integration.prompts import CHAT_PROMPTS
+from tests.integration.streams import collect
 
 DOC = ("The Arctic tern migrates from the Arctic to the Antarctic every year, about 70,000 km round trip. "
        "It weighs around 100 grams and can live more than 30 years. Terns feed on small fish and krill. ") * 4
@@ -35,14 +36,6 @@ def make_engine(model, *, streams: int, running: int, budget: int = 128, cache: 
                                      cache=cache or CacheConfig(min_tokens=8)))
     eng.start()
     return eng, rt
-
-
-async def run(engine: Engine, req: Request):
-    ids, last = [], None
-    async for out in engine.stream(req):
-        ids.extend(out.token_ids)
-        last = out
-    return ids, last
 
 
 _n = iter(range(10**9))
@@ -68,19 +61,19 @@ async def test_hit_equals_cold_and_isolation(default_model, prompter):
     try:
         prompts = [doc_prompt(prompter, q) for q in QUESTIONS]
         prompts += [prompter.encode_chat([{"role": "user", "content": c}]) for c in CHAT_PROMPTS[:4]]
-        cold = [(await run(cold_eng, req(p)))[0] for p in prompts]
-        first = [await run(eng, req(p)) for p in prompts]
+        cold = [(await collect(cold_eng, req(p)))[0] for p in prompts]
+        first = [await collect(eng, req(p)) for p in prompts]
         assert [ids for ids, _ in first] == cold
         # the 2nd..4th questions on the document already hit the 1st one's prefix
         # (deterministic requests reuse whole aligned chunks of exact KV: 128 here)
         assert all(last.num_cached_tokens >= 128 for _, last in first[1:4])
-        again = await asyncio.gather(*(run(eng, req(p)) for p in prompts))
+        again = await asyncio.gather(*(collect(eng, req(p)) for p in prompts))
         assert [ids for ids, _ in again] == cold
         assert all(last.num_cached_tokens % 128 == 0 for _, last in again)
         assert all(last.num_cached_tokens >= 128 for _, last in again[:4]), \
             [(last.num_cached_tokens, last.num_prompt_tokens) for _, last in again]
         # isolation: app b asks the identical questions and gets no hit at all
-        b = [await run(eng, req(p, app="b")) for p in prompts[:2]]
+        b = [await collect(eng, req(p, app="b")) for p in prompts[:2]]
         assert [last.num_cached_tokens for _, last in b] == [0, b[1][1].num_cached_tokens]
         assert b[1][1].num_cached_tokens >= 128  # ... b's second question hits b's own first
         assert [ids for ids, _ in b] == cold[:2]
@@ -94,10 +87,10 @@ async def test_host_tier_restore_equals_cold(default_model, prompter):
     try:
         docs = [DOC.replace("tern", name) for name in ("tern", "gull", "puffin")]
         prompts = [doc_prompt(prompter, "Summarize it.", d) for d in docs]
-        first = [(await run(eng, req(p)))[0] for p in prompts]
+        first = [(await collect(eng, req(p)))[0] for p in prompts]
         stats = eng.scheduler.cache.stats
         assert stats.saves >= 1 and stats.host_bytes > 0
-        again = [await run(eng, req(p)) for p in prompts]
+        again = [await collect(eng, req(p)) for p in prompts]
         assert [ids for ids, _ in again] == first
         assert stats.restores >= 1 and stats.host_hit_tokens > 0
         assert any(last.num_cached_tokens >= 128 for _, last in again)
@@ -111,12 +104,12 @@ async def test_preemption_keeps_greedy_output_identical(default_model, prompter,
     try:
         bg_ids = prompter.encode_chat([{"role": "user", "content": CHAT_PROMPTS[4]}])
         ui_ids = prompter.encode_chat([{"role": "user", "content": CHAT_PROMPTS[6]}])
-        solo_bg, _ = await run(eng, req(bg_ids, app="bg", max_tokens=64))
-        solo_ui, _ = await run(eng, req(ui_ids, app="ui", max_tokens=16))
+        solo_bg, _ = await collect(eng, req(bg_ids, app="bg", max_tokens=64))
+        solo_ui, _ = await collect(eng, req(ui_ids, app="ui", max_tokens=16))
         eng.scheduler.cache.cfg = CacheConfig(enabled=False)  # cold runs from here on, to exercise preemption only
-        bg_task = asyncio.create_task(run(eng, req(bg_ids, app="bg", prio=Priority.BACKGROUND, max_tokens=64)))
+        bg_task = asyncio.create_task(collect(eng, req(bg_ids, app="bg", prio=Priority.BACKGROUND, max_tokens=64)))
         await asyncio.sleep(0.5)
-        ui, ui_last = await run(eng, req(ui_ids, app="ui", prio=Priority.INTERACTIVE, max_tokens=16))
+        ui, ui_last = await collect(eng, req(ui_ids, app="ui", prio=Priority.INTERACTIVE, max_tokens=16))
         bg, bg_last = await bg_task
         assert eng.scheduler.num_preemptions >= 1
         assert ui == solo_ui and bg == solo_bg
@@ -132,10 +125,10 @@ async def test_queued_request_past_deadline_is_dropped_before_prefill(default_mo
     try:
         busy = Request("busy", prompter.encode_chat([{"role": "user", "content": "Count to 100."}]),
                        SamplingParams(max_tokens=1000, ignore_eos=True))
-        long = asyncio.create_task(run(eng, busy))
+        long = asyncio.create_task(collect(eng, busy))
         await asyncio.sleep(0.3)
         r = req(prompter.encode_chat([{"role": "user", "content": "Hi"}]), det=False, deadline=time.monotonic() + 30)
-        task = asyncio.create_task(run(eng, r))
+        task = asyncio.create_task(collect(eng, r))
         await asyncio.sleep(0.05)
         r.deadline = time.monotonic()  # the deadline passes while it waits
         _, last = await task
@@ -151,11 +144,11 @@ async def test_flood_from_one_app_changes_nothing_for_another(default_model, pro
     eng, rt = make_engine(default_model, streams=8, running=4, cache=CacheConfig(enabled=False))
     try:
         mine = [prompter.encode_chat([{"role": "user", "content": c}]) for c in CHAT_PROMPTS[:3]]
-        alone = [(await run(eng, req(p, app="quiet")))[0] for p in mine]
-        flood = [asyncio.create_task(run(eng, req(prompter.encode_chat([{"role": "user", "content": f"Story {i}"}]),
+        alone = [(await collect(eng, req(p, app="quiet")))[0] for p in mine]
+        flood = [asyncio.create_task(collect(eng, req(prompter.encode_chat([{"role": "user", "content": f"Story {i}"}]),
                                                   app="flood", det=False, max_tokens=24))) for i in range(12)]
         await asyncio.sleep(0.2)
-        under = await asyncio.gather(*(run(eng, req(p, app="quiet")) for p in mine))
+        under = await asyncio.gather(*(collect(eng, req(p, app="quiet")) for p in mine))
         await asyncio.gather(*flood)
         assert [ids for ids, _ in under] == alone
     finally:

@@ -16,6 +16,7 @@ from slmd.memory.sources import rss_bytes
 from slmd.request import FinishReason, Priority, Request, SamplingParams
 from slmd.runtime.llama import LlamaRuntime, RuntimeConfig
 from slmd.scheduler.scheduler import SchedulerConfig
+from tests.integration.streams import collect
 
 STREAMS, CTX = 8, 2048
 PROMPTS = ["Once upon a time, in a small village by the sea,", "The three most important inventions are",
@@ -39,14 +40,6 @@ def req(tok, text: str, prio: Priority, det: bool, max_tokens: int = 48) -> Requ
                    priority=prio, deterministic=det)
 
 
-async def run(engine: Engine, r: Request):
-    ids, last = [], None
-    async for out in engine.stream(r):
-        ids.extend(out.token_ids)
-        last = out
-    return ids, last
-
-
 async def until(pred, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -62,12 +55,12 @@ async def test_critical_recreates_the_context_in_flight_and_grows_back(default_m
     eng = make_engine(default_model)
     try:
         prios = [Priority.INTERACTIVE, Priority.NORMAL, Priority.BACKGROUND, Priority.NORMAL]
-        cold = [(await run(eng, req(tok, p, Priority.NORMAL, True)))[0] for p in PROMPTS]
+        cold = [(await collect(eng, req(tok, p, Priority.NORMAL, True)))[0] for p in PROMPTS]
         lc = eng.lifecycle
         full_rss = rss_bytes()
 
         # critical while 4 run: deterministic ones save their KV, the others by cost
-        tasks = [asyncio.create_task(run(eng, req(tok, p, pr, i % 2 == 0))) for i, (p, pr) in
+        tasks = [asyncio.create_task(collect(eng, req(tok, p, pr, i % 2 == 0))) for i, (p, pr) in
                  enumerate(zip(PROMPTS, prios))]
         await until(lambda: eng.stats.generation_tokens_total >= 4 * 48 + 20)
         eng.set_pressure(PressureLevel.CRITICAL)
@@ -83,7 +76,7 @@ async def test_critical_recreates_the_context_in_flight_and_grows_back(default_m
         assert small_rss < full_rss - 0.5 * STREAMS * CTX * eng.runtime.kv_bytes_per_token
 
         # the pressure passes while requests run: the context grows back in flight
-        tasks = [asyncio.create_task(run(eng, req(tok, p, Priority.NORMAL, True))) for p in PROMPTS]
+        tasks = [asyncio.create_task(collect(eng, req(tok, p, Priority.NORMAL, True))) for p in PROMPTS]
         await until(lambda: eng.stats.generation_tokens_total >= 8 * 48 + 30)
         eng.set_pressure(PressureLevel.NONE)
         await until(lambda: lc.streams == STREAMS and eng.runtime.is_loaded)
