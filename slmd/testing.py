@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,3 +68,19 @@ def start_daemon(tmp: Path, model: Path, *extra: str, env: dict | None = None, t
         time.sleep(0.1)
     d.stop(signal.SIGKILL)
     raise RuntimeError(f"slmd did not become ready in {timeout}s:\n{d.log_text()[-3000:]}")
+
+
+def raw_unix_exchange(path: Path, data: bytes, timeout: float = 5) -> bytes:
+    """Send raw bytes (not gRPC) to a Unix socket; everything it answers until
+    it closes, resets or goes quiet for `timeout` seconds."""
+    got = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return got

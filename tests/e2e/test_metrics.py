@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slmd_client import AsyncClient, InvalidArgument, ResourceExhausted
 from slmd_client._proto.slmd.v1 import generation_pb2, generation_pb2_grpc
+from slmd.testing import raw_unix_exchange
 from tests.conftest import ROOT, start_daemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
@@ -214,16 +215,7 @@ def test_metrics_not_on_the_app_socket(metrics_daemon):
             call(b"", metadata=(("authorization", "Bearer tok-a"),), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     # ... nor an HTTP/1.1 GET on it
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(d.socket))
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        got = b""
-        try:
-            while chunk := s.recv(65536):
-                got += chunk
-        except (socket.timeout, ConnectionResetError):
-            pass
+    got = raw_unix_exchange(d.socket, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert not got.startswith(b"HTTP/1.1 200") and b"slmd_requests_total" not in got
 
 

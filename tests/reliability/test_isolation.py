@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from slmd.testing import raw_unix_exchange
 from slmd.tokenizer import Tokenizer
 from slmd_client._proto.slmd.v1 import (admin_pb2, admin_pb2_grpc, common_pb2, documents_pb2 as dpb, documents_pb2_grpc,
                                         generation_pb2, generation_pb2_grpc)
@@ -307,15 +307,6 @@ def test_metrics_are_not_served_on_the_app_socket(daemon, metrics_port):
     import urllib.request
 
     assert b"slmd_requests_total" in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(daemon.socket))
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        got = b""
-        try:
-            while chunk := s.recv(65536):
-                got += chunk
-        except (socket.timeout, ConnectionResetError):
-            pass
+    got = raw_unix_exchange(daemon.socket, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert b"slmd_" not in got and b"200 OK" not in got, got[:300]
     assert status(daemon.target).app_id  # the socket still serves gRPC
