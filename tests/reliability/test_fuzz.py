@@ -162,27 +162,26 @@ chat = st.builds(lambda msgs: common_pb2.ChatMessages(messages=msgs), st.lists(s
     content=texts), max_size=6))
 
 
-@st.composite
-def generate_requests(draw) -> generation_pb2.GenerateRequest:
-    r = generation_pb2.GenerateRequest(sampling=draw(sampling()), priority=draw(priorities),
-                                       deterministic=draw(st.booleans()), request_id=draw(short_texts))
+def _draw_input(draw, r):
+    """The request's `input` oneof: a raw prompt, chat messages, or neither."""
     which = draw(st.sampled_from(["prompt", "chat", "none"]))
     if which == "prompt":
         r.prompt = draw(texts)
     elif which == "chat":
         r.chat.CopyFrom(draw(chat))
     return r
+
+
+@st.composite
+def generate_requests(draw) -> generation_pb2.GenerateRequest:
+    return _draw_input(draw, generation_pb2.GenerateRequest(
+        sampling=draw(sampling()), priority=draw(priorities), deterministic=draw(st.booleans()),
+        request_id=draw(short_texts)))
 
 
 @st.composite
 def count_requests(draw) -> generation_pb2.CountTokensRequest:
-    r = generation_pb2.CountTokensRequest()
-    which = draw(st.sampled_from(["prompt", "chat", "none"]))
-    if which == "prompt":
-        r.prompt = draw(texts)
-    elif which == "chat":
-        r.chat.CopyFrom(draw(chat))
-    return r
+    return _draw_input(draw, generation_pb2.CountTokensRequest())
 
 
 files = st.builds(dpb.DocumentFile, data=st.one_of(st.binary(max_size=2048), st.sampled_from([
