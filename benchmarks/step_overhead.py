@@ -18,11 +18,11 @@ import time
 
 from slmd.core import Engine
 from slmd.request import Request, SamplingParams
-from slmd.runtime.base import ModelInfo, StepOutput
+from slmd.runtime.base import ModelInfo, StepDefaults, StepOutput
 from slmd.scheduler.scheduler import SchedulerConfig
 
 
-class NullRuntime:
+class NullRuntime(StepDefaults):
     kv_bytes_per_token = 0.0
 
     def __init__(self, num_sequences: int) -> None:

@@ -32,6 +32,9 @@ class ModelConfig(_Section):
     # greedy argmax inside the decode graph: no n_outputs x n_vocab logits copy to
     # host, but slower as measured (CPU 2.5x slower steps; H100 N=64 -4%): off
     backend_sampling: bool = False
+    # threads for the host argmax over many greedy rows (64 x 49k logits per
+    # GPU step); 0 = min(8, threads) on 4 or more threads, else 1
+    argmax_threads: int = Field(0, ge=0, le=64)
 
 
 class EngineConfig(_Section):

@@ -19,11 +19,11 @@ from slmd.memory.lifecycle import Lifecycle
 from slmd.memory.model import ModelSlot
 from slmd.metrics import Metrics
 from slmd.output import TextState, feed, flush, merge_deltas
-from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, RequestStatus
+from slmd.request import ErrorKind, FinishReason, Priority, Request, RequestOutput, RequestStatus
 from slmd.runtime.base import Runtime, StepOutput
 from slmd.scheduler import ops as O
 from slmd.scheduler.admission import AppPolicy, Rejected, RejectReason
-from slmd.scheduler.scheduler import Scheduler, SchedulerConfig
+from slmd.scheduler.scheduler import Scheduler, SchedulerConfig, TokenUpdate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class Engine:
         self._text: dict[str, TextState] = {}
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
         self._copies_pending = False  # stream copies wait for the next llama_decode
+        # The step in progress carries no interactive work: an interactive
+        # arrival interrupts it instead of waiting for it to end.
+        self._interruptible = False
+        self.num_interrupts = 0
+        self._held: list[TokenUpdate] = []  # a step's tokens not yet delivered (async_launch runtimes)
         self._thread = threading.Thread(target=self._run, name="slmd-engine", daemon=True)
 
     # ---- called from any thread -------------------------------------------
@@ -84,6 +89,10 @@ class Engine:
     def submit(self, req: Request, loop: asyncio.AbstractEventLoop, sink: asyncio.Queue) -> None:
         self._inbox.put(_Submit(req, loop, sink))
         self._wake.set()
+        if req.priority >= Priority.INTERACTIVE and self._interruptible:
+            # The rest of a lower-class step would be this request's wait; the
+            # step's work is rolled back and scheduled again with this one first.
+            self.runtime.interrupt()
 
     def abort(self, request_id: str, kind: ErrorKind = ErrorKind.CANCELLED, reason: str = "cancelled") -> None:
         self._inbox.put(_Abort(request_id, kind, reason))
@@ -133,6 +142,7 @@ class Engine:
         while True:
             self._drain_inbox()
             if not self.scheduler.has_work:
+                self._flush_held()
                 # An abort or a refusal can leave nothing to run: deliver its
                 # final output now, not after some later step.
                 self._collect_finished()
@@ -163,6 +173,8 @@ class Engine:
             self._dispatch()
 
     def _drain_inbox(self) -> None:
+        self._interruptible = False
+        self.runtime.clear_interrupt()  # (arrivals from here on are in this drain or interrupt the next step)
         while True:
             try:
                 msg = self._inbox.get_nowait()
@@ -216,12 +228,44 @@ class Engine:
             sched.finish(req.request_id, RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, "deadline exceeded")
         out = sched.schedule()
         self._run_ops(out.ops)
-        step = self.runtime.step(out.batch) if not out.batch.is_empty else StepOutput()
-        if not out.batch.is_empty:
+        self._interruptible = bool(out.work) and all(w.request.priority < Priority.INTERACTIVE for w in out.work)
+        if out.batch.is_empty:
+            step = StepOutput()
+        else:
+            launched = self.runtime.launch(out.batch)
+            # A GPU computes this step now: the last step's tokens go out meanwhile
+            self._flush_held()
+            step = self.runtime.collect(launched)
             self._copies_pending = False  # that decode ran them
+        self._interruptible = False
+        if step.interrupted:
+            self.num_interrupts += 1
         self.stats.num_steps += 1
         self.stats.prompt_tokens_total += sum(sw.num_tokens for sw in out.work if sw.is_prefill)
         updates = sched.update(out, step)
+        self.metrics.on_scheduled(sched.last_charges)  # metrics hook
+        for seq_id, why in step.failed.items():
+            log.error("sequence %d failed: %s", seq_id, why)
+        if self.runtime.async_launch:
+            self._held = updates  # delivered while the next step computes, or before a request's final output
+        else:
+            self._deliver_tokens(updates)
+
+    def _flush_held(self, only: set[str] | None = None) -> None:
+        """Deliver held tokens: all, or those of the requests in `only`."""
+        if not self._held:
+            return
+        if only is None:
+            held, self._held = self._held, []
+        else:
+            held = [u for u in self._held if u.request.request_id in only]
+            self._held = [u for u in self._held if u.request.request_id not in only]
+        self._deliver_tokens(held)
+        self._dispatch()
+
+    def _deliver_tokens(self, updates: list[TokenUpdate]) -> None:
+        """Text (stop strings end a request here) and metrics for new tokens."""
+        sched = self.scheduler
         token_bytes = self.runtime.token_bytes
         for upd in updates:
             req, ids = upd.request, upd.new_token_ids
@@ -234,8 +278,6 @@ class Engine:
             self._emit(req, RequestOutput(req.request_id, text, tuple(ids)))
         # metrics hook: inter-token latency, one call per step
         self.metrics.on_step_tokens([(u.request, len(u.new_token_ids)) for u in updates])
-        for seq_id, why in step.failed.items():
-            log.error("sequence %d failed: %s", seq_id, why)
 
     def _run_ops(self, ops: list[O.Op]) -> None:
         rt, sched = self.runtime, self.scheduler
@@ -280,6 +322,8 @@ class Engine:
 
     def _collect_finished(self) -> None:
         done, ops = self.scheduler.take_finished()
+        if done and self._held:  # a request's last tokens go out before its final output
+            self._flush_held({r.request_id for r in done})
         self._run_ops(ops)
         for req in done:
             if req.status == RequestStatus.FINISHED_ERROR and req.error_kind is None:

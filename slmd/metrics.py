@@ -84,6 +84,7 @@ class AppTotals:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     cached_tokens: int = 0
+    scheduled_tokens: int = 0
 
 
 @dataclass
@@ -227,6 +228,8 @@ class Metrics:
         self.generation_tokens = Counter("slmd_generation_tokens", "Tokens generated", ["app"], registry=r)
         self.cached_tokens = Counter("slmd_prompt_cached_tokens", "Prompt tokens served from the prefix cache "
                                      "(as reported to clients in Usage)", ["app"], registry=r)
+        self.scheduled_tokens = Counter("slmd_scheduled_tokens", "Tokens computed for the app's requests, prompt "
+                                        "and generated: the unit of its fair share", ["app"], registry=r)
         self.rejections = Counter("slmd_rejections", "Requests refused at admission, by reason", ["reason"], registry=r)
         self.pressure = Counter("slmd_memory_pressure_events", "Memory-pressure events, by level", ["level"],
                                 registry=r)
@@ -301,6 +304,13 @@ class Metrics:
         for app, num in per_app.items():
             self.generation_tokens.labels(app).inc(num)
             self._totals(app).generated_tokens += num
+
+    def on_scheduled(self, per_app: dict[str, int]) -> None:
+        """Tokens one step computed, per app (engine thread)."""
+        for app_id, num in per_app.items():
+            app = self.label_app(app_id)
+            self.scheduled_tokens.labels(app).inc(num)
+            self._totals(app).scheduled_tokens += num
 
     def on_request_finished(self, req: Request) -> None:
         """A request left the engine (engine thread). Latencies and prompt

@@ -114,6 +114,26 @@ class ModelSlot:
     def step(self, batch: StepBatch) -> StepOutput:
         return self._loaded.step(batch)
 
+    @property
+    def async_launch(self) -> bool:
+        return self._rt is not None and self._rt.async_launch
+
+    def launch(self, batch: StepBatch):
+        return self._loaded.launch(batch)
+
+    def collect(self, launched) -> StepOutput:
+        return self._loaded.collect(launched)
+
+    def interrupt(self) -> None:
+        rt = self._rt  # any thread; an unloaded model has no step to stop
+        if rt is not None:
+            rt.interrupt()
+
+    def clear_interrupt(self) -> None:
+        rt = self._rt
+        if rt is not None:
+            rt.clear_interrupt()
+
     def release(self, seq_id: int) -> None:
         self._loaded.release(seq_id)
 

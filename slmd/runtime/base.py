@@ -45,6 +45,7 @@ class StepBatch:
 class StepOutput:
     sampled: dict[int, int] = field(default_factory=dict)  # seq_id -> token id
     failed: dict[int, str] = field(default_factory=dict)  # seq_id -> error
+    interrupted: set[int] = field(default_factory=set)  # seq_ids whose work did not run (KV rolled back)
     decode_seconds: float = 0.0
 
 
@@ -61,6 +62,25 @@ class ModelInfo:
     num_sequences: int
 
 
+class StepDefaults:
+    """Defaults for a backend whose `step` computes before it returns and
+    cannot be interrupted (test and benchmark runtimes, a future MLC one)."""
+
+    async_launch = False
+
+    def launch(self, batch: StepBatch):
+        return self.step(batch)  # type: ignore[attr-defined]
+
+    def collect(self, launched) -> StepOutput:
+        return launched
+
+    def interrupt(self) -> None:
+        pass
+
+    def clear_interrupt(self) -> None:
+        pass
+
+
 class Runtime(Protocol):
     info: ModelInfo
 
@@ -69,6 +89,23 @@ class Runtime(Protocol):
 
     def step(self, batch: StepBatch) -> StepOutput:
         """Run the forward passes and sample where asked."""
+
+    async_launch: bool  # `launch` returns before the device has finished (a GPU)
+
+    def launch(self, batch: StepBatch):
+        """Start a step; `collect` waits for it and samples. The engine does
+        other work in between when `async_launch`."""
+
+    def collect(self, launched) -> StepOutput:
+        """The output of a launched step."""
+
+    def interrupt(self) -> None:
+        """Stop the step in progress soon (thread-safe); its unfinished work
+        comes back in `StepOutput.interrupted`, as if never submitted. A no-op
+        where the backend cannot."""
+
+    def clear_interrupt(self) -> None:
+        """Forget an interrupt that no step has consumed."""
 
     def release(self, seq_id: int) -> None:
         """Drop the sequence's KV cells and sampler."""

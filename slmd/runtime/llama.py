@@ -10,6 +10,7 @@ import ctypes
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,13 @@ import numpy as np
 from slmd.request import SamplingParams
 from slmd.runtime.base import ModelInfo, RuntimeError_, StepBatch, StepOutput
 from slmd.runtime.kv_state import restream
+from slmd.runtime.llama_io import BatchBuffers, Launched, flag_abort_callback
 from slmd.runtime.sampling import build_chain, free_chain, grammar_error, greedy_chain
 
 log = logging.getLogger(__name__)
 
 _backend_ready = False
+_PARALLEL_ARGMAX_ROWS = 32  # below this one thread is quicker than handing out work
 
 
 def _init_backend() -> None:
@@ -46,29 +49,7 @@ class RuntimeConfig:
     lora_path: Path | None = None  # a GGUF LoRA adapter applied over the model
     lora_scale: float = 1.0
     backend_sampling: bool = False  # greedy argmax in the decode graph (GPU builds)
-
-
-class _Batch:
-    """A llama_batch whose arrays are numpy buffers we own, so a step fills
-    them with slice assignments instead of per-token ctypes calls."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.token = np.zeros(capacity, dtype=np.int32)
-        self.pos = np.zeros(capacity, dtype=np.int32)
-        self.n_seq_id = np.ones(capacity, dtype=np.int32)
-        self.seq = np.zeros(capacity, dtype=np.int32)
-        self.logits = np.zeros(capacity, dtype=np.int8)
-        base = self.seq.ctypes.data
-        ptr_t = ctypes.POINTER(L.llama_seq_id)
-        self._seq_ptrs = (ptr_t * capacity)(*[ctypes.cast(base + 4 * i, ptr_t) for i in range(capacity)])
-        self.struct = L.llama_batch()
-        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(L.llama_token))
-        self.struct.embd = None
-        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(L.llama_pos))
-        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        self.struct.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(ptr_t))
-        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+    argmax_threads: int = 0  # 0 = min(8, threads) on 4 or more threads, else 1
 
 
 class LlamaRuntime:
@@ -108,7 +89,14 @@ class LlamaRuntime:
             self._apply_lora(cfg.lora_path, cfg.lora_scale)
         self.mem = L.llama_get_memory(self.ctx)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self._batch = _Batch(cfg.batch_tokens)
+        self._batch = BatchBuffers(cfg.batch_tokens)
+        self._argmax_workers = cfg.argmax_threads or (min(8, threads) if threads >= 4 else 1)
+        self._argmax_pool = ThreadPoolExecutor(self._argmax_workers, "slmd-argmax") \
+            if self._argmax_workers > 1 else None
+        # interrupt(): a running llama_decode stops after its current graph node
+        self._abort_flag = ctypes.create_string_buffer(8)
+        self._abort_cb = flag_abort_callback()  # kept referenced while the context may call it
+        L.llama_set_abort_callback(self.ctx, self._abort_cb, ctypes.cast(self._abort_flag, ctypes.c_void_p))
         # Off unless asked for: on the CPU the sampling graph (a padded copy of
         # the logits, an argmax per sequence) made steps 2.5x slower at 64
         # sequences; on an H100 at 64 sequences decode was 6,913 tok/s with it
@@ -257,18 +245,51 @@ class LlamaRuntime:
 
     # ---- the step ---------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """Stop the step in progress (any thread). ggml's CPU backend checks
+        after each graph node; the GPU backends finish their part."""
+        self._abort_flag[0] = b"x"
+
+    def clear_interrupt(self) -> None:
+        self._abort_flag[0] = b"\0"
+
+    @property
+    def async_launch(self) -> bool:
+        """llama_decode returns before a GPU has finished (reading the logits
+        waits for it), so the engine can do other work in between; on the CPU
+        the decode itself computes."""
+        return self.cfg.n_gpu_layers != 0
+
     def step(self, batch: StepBatch) -> StepOutput:
+        return self.collect(self.launch(batch))
+
+    def launch(self, batch: StepBatch) -> Launched:
+        """Run every group's decode; sample all but the last group's (the
+        batch buffers and logits are reused per group). `collect` samples
+        the last, which waits for the device."""
         out = StepOutput()
         t0 = time.perf_counter()
         b = self._batch
-        for group in batch.groups:
+        last: list[tuple[int, int]] = []
+        for gi, group in enumerate(batch.groups):
+            if last:
+                self._sample(last, out.sampled)
+                last = []
             n, sample_at = self._fill(group)
             if n == 0:
                 continue
             b.struct.n_tokens = n
             rc = L.llama_decode(self.ctx, b.struct)
+            if rc == 2:  # interrupted: this group and the ones after it did not run
+                for g in batch.groups[gi:]:
+                    for w in g:
+                        # llama.cpp dropped the aborted ubatch's cells; earlier
+                        # ubatches of the same decode are dropped here
+                        L.llama_memory_seq_rm(self.mem, w.seq_id, w.start_pos, -1)
+                        out.interrupted.add(w.seq_id)
+                break
             if rc != 0:
-                why = {1: "no KV cache slot for the batch", 2: "decode aborted"}.get(rc, f"llama_decode returned {rc}")
+                why = {1: "no KV cache slot for the batch"}.get(rc, f"llama_decode returned {rc}")
                 for w in group:
                     out.failed[w.seq_id] = why
                 continue
@@ -276,8 +297,14 @@ class LlamaRuntime:
                 for chain in self._retired:
                     free_chain(chain)
                 self._retired.clear()
-            self._sample(sample_at, out.sampled)
-        out.decode_seconds = time.perf_counter() - t0
+            last = sample_at
+        return Launched(out, t0, last)
+
+    def collect(self, launched: Launched) -> StepOutput:
+        out = launched.out
+        if launched.sample_at:
+            self._sample(launched.sample_at, out.sampled)
+        out.decode_seconds = time.perf_counter() - launched.t0
         return out
 
     def _fill(self, group) -> tuple[int, list[tuple[int, int]]]:
@@ -332,10 +359,23 @@ class LlamaRuntime:
         rows = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(sample_at), self.n_vocab))
         if len(host) < len(sample_at):  # (else host[i] is row i)
             rows = rows[[r for r, _ in host]]
-        for (_, seq_id), tok in zip(host, rows.argmax(axis=1).tolist()):
+        for (_, seq_id), tok in zip(host, self._argmax(rows)):
             sampled[seq_id] = tok
 
+    def _argmax(self, rows: np.ndarray) -> list[int]:
+        """Row-wise argmax; many rows are split over threads (numpy releases
+        the GIL): 64 rows x 49k floats is 12.6 MB to scan, a tenth of a GPU
+        step on one core."""
+        if len(rows) < _PARALLEL_ARGMAX_ROWS or self._argmax_pool is None:
+            return rows.argmax(axis=1).tolist()
+        parts = np.array_split(np.arange(len(rows)), self._argmax_workers)
+        done = self._argmax_pool.map(lambda ix: rows[ix[0]: ix[-1] + 1].argmax(axis=1), parts)
+        return np.concatenate(list(done)).tolist()
+
     def close(self) -> None:
+        if self._argmax_pool is not None:
+            self._argmax_pool.shutdown(wait=False)
+            self._argmax_pool = None
         for chain in self._chains.values():
             free_chain(chain)
         self._chains.clear()

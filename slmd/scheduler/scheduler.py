@@ -88,6 +88,7 @@ class Scheduler(PressureOps):
         self._active_per_app: dict[str, int] = {}
         self._last_interactive = float("-inf")
         self._yield_left: int | None = None  # lower-class prefill tokens left this step; None = no cap
+        self.last_charges: dict[str, int] = {}  # app -> tokens computed in the last step
 
     # ---- requests in and out ----------------------------------------------
 
@@ -220,6 +221,12 @@ class Scheduler(PressureOps):
         for req in reversed(deferred):
             self.waiting.push(req, front=True)
 
+        if self._yield_left is not None and any(
+                r.priority >= Priority.INTERACTIVE and r.num_pending_tokens > 1 for r, _ in planned.values()):
+            # An interactive prompt's step is its time to first token: lower
+            # classes skip it (their decodes wait one step, their KV stays).
+            planned = {k: v for k, v in planned.items() if v[0].priority >= Priority.INTERACTIVE}
+
         shared: list[SeqWork] = []
         solo: list[tuple[SeqWork, ...]] = []
         for req, num in planned.values():
@@ -304,8 +311,10 @@ class Scheduler(PressureOps):
         need = max(len(self.running) - self.max_running + 1, 1 if need_stream else 0)
         if need <= 0:
             return []
+        # the lowest class first; within it the most-served app's newest request
+        served = self.waiting.served
         lower = sorted((r for r in self.running if r.priority < req.priority and r.request_id not in self._started),
-                       key=lambda r: (r.priority, -r.arrival_time))
+                       key=lambda r: (r.priority, -served(r.app_id), -r.arrival_time))
         if len(lower) < need:
             return None  # not enough lower-class work to make room: nobody is paused for nothing
         for i, victim in enumerate(lower[:need]):
@@ -417,6 +426,8 @@ class Scheduler(PressureOps):
         charges: dict[str, int] = {}  # one fair-share charge per app and step
         for sw in out.work:
             req = sw.request
+            if req.seq_id in step.interrupted:
+                continue  # rolled back: as if not scheduled
             prefill += sw.num_tokens if sw.is_prefill else 0
             decode += 0 if sw.is_prefill else sw.num_tokens
             charges[req.app_id] = charges.get(req.app_id, 0) + sw.num_tokens
@@ -447,7 +458,9 @@ class Scheduler(PressureOps):
                 self.finish(req.request_id, RequestStatus.FINISHED_LENGTH, FinishReason.LENGTH)
         for app_id, num in charges.items():
             self.waiting.charge(app_id, num)
-        self.cost.observe_step(prefill, decode, step.decode_seconds)
+        self.last_charges = charges
+        if not step.interrupted:  # (a cut-short step's time says nothing of its tokens)
+            self.cost.observe_step(prefill, decode, step.decode_seconds)
         return updates
 
 

@@ -51,7 +51,8 @@ class AdminServicer:
             apps.append(admin_pb2.AppStatus(
                 app_id=app, running=apps_running.get(app, 0), waiting=apps_waiting.get(app, 0),
                 requests=t.requests if t else 0, prompt_tokens=t.prompt_tokens if t else 0,
-                generated_tokens=t.generated_tokens if t else 0, cached_tokens=t.cached_tokens if t else 0))
+                generated_tokens=t.generated_tokens if t else 0, cached_tokens=t.cached_tokens if t else 0,
+                scheduled_tokens=t.scheduled_tokens if t else 0))
         return admin_pb2.StatusResponse(
             version=slmd.__version__,
             model_path=self.info.path,

@@ -76,7 +76,7 @@ def build(cfg: Config) -> Daemon:
         n_threads=cfg.model.n_threads, n_gpu_layers=cfg.model.n_gpu_layers,
         kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
         lora_path=cfg.model.lora_path, lora_scale=cfg.model.lora_scale,
-        backend_sampling=cfg.model.backend_sampling,
+        backend_sampling=cfg.model.backend_sampling, argmax_threads=cfg.model.argmax_threads,
     )
     # the engine unloads the model under memory pressure or after keep_alive, and reloads it from here
     runtime = ModelSlot(lambda n: LlamaRuntime(replace(runtime_cfg, num_sequences=n or runtime_cfg.num_sequences)),

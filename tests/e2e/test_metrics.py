@@ -191,6 +191,10 @@ def test_counters_agree_with_clients(metrics_daemon):
     assert apps["app-a"].prompt_tokens == sum(u.prompt_tokens for u in ua)
     assert apps["app-a"].generated_tokens == 16
     assert apps["app-a"].cached_tokens == ua[1].cached_prompt_tokens + ua[0].cached_prompt_tokens
+    # the fair-share unit: uncached prompt tokens, and each output fed back (a request's last one may not be)
+    computed = apps["app-a"].prompt_tokens - apps["app-a"].cached_tokens + apps["app-a"].generated_tokens
+    assert computed - apps["app-a"].requests <= apps["app-a"].scheduled_tokens <= computed
+    assert value(s, "slmd_scheduled_tokens_total", app="app-a") <= apps["app-a"].scheduled_tokens
     assert apps["app-b"].requests == 2
     assert st.cache.hit_tokens == hits and st.cache.enabled
     assert [q.priority for q in st.queues] == ["interactive", "normal", "background"]

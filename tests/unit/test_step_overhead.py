@@ -12,12 +12,13 @@ import numpy as np
 from slmd.core import Engine
 from slmd.output import merge_deltas
 from slmd.request import ErrorKind, FinishReason, Request, RequestOutput, SamplingParams
-from slmd.runtime.base import ModelInfo, SeqWork, StepOutput
-from slmd.runtime.llama import LlamaRuntime, _Batch
+from slmd.runtime.base import ModelInfo, SeqWork, StepDefaults, StepOutput
+from slmd.runtime.llama import LlamaRuntime
+from slmd.runtime.llama_io import BatchBuffers
 from slmd.scheduler.scheduler import SchedulerConfig, _tokens
 
 
-def _loop_fill(b: _Batch, group) -> tuple[int, list[tuple[int, int]]]:
+def _loop_fill(b: BatchBuffers, group) -> tuple[int, list[tuple[int, int]]]:
     """The per-sequence fill the runtime used before."""
     n, sample_at = 0, []
     for w in group:
@@ -35,7 +36,7 @@ def _loop_fill(b: _Batch, group) -> tuple[int, list[tuple[int, int]]]:
 
 class _Holder:  # just the batch, no model: `_fill` touches nothing else
     def __init__(self) -> None:
-        self._batch = _Batch(64)
+        self._batch = BatchBuffers(64)
 
 
 def test_vectorized_fill_equals_the_loop():
@@ -81,7 +82,7 @@ def test_merge_deltas_keeps_text_tokens_and_finish():
     assert merge_deltas([fin]) == [fin]
 
 
-class _CountingRuntime:
+class _CountingRuntime(StepDefaults):
     """Computes nothing: sequence s samples token 100 + its position."""
 
     kv_bytes_per_token = 0.0
@@ -138,3 +139,19 @@ async def test_a_slow_consumer_gets_merged_messages_with_the_same_content():
         assert outs[-1].finished and outs[-1].finish_reason == FinishReason.LENGTH
         assert outs[-1].num_output_tokens == max_tokens and not any(o.finished for o in outs[:-1])
     assert any(len(o.token_ids) > 1 for outs in results for o in outs), "no output was merged"
+
+
+def test_threaded_argmax_equals_numpy():
+    from concurrent.futures import ThreadPoolExecutor
+
+    class _Pool:  # just what `_argmax` touches
+        _argmax_workers = 3
+        _argmax_pool = ThreadPoolExecutor(3)
+
+    rows = np.random.default_rng(0).standard_normal((70, 1000)).astype(np.float32)
+    rows[5, 7] = rows[5, 900] = 50.0  # ties: the first index, as numpy
+    try:
+        for n in (1, 31, 32, 33, 64, 70):
+            assert LlamaRuntime._argmax(_Pool(), rows[:n]) == rows[:n].argmax(axis=1).tolist()
+    finally:
+        _Pool._argmax_pool.shutdown()

@@ -49,6 +49,7 @@ class AppStatus:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     cached_tokens: int = 0
+    scheduled_tokens: int = 0  # prompt and generated tokens computed: the unit of the app's fair share
 
 
 def _plain(cls, msg):

@@ -134,7 +134,7 @@ class MemoryStatus(_message.Message):
     def __init__(self, rss_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_usage_ratio: _Optional[float] = ..., host_tier_bytes: _Optional[int] = ..., host_tier_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class AppStatus(_message.Message):
-    __slots__ = ("app_id", "running", "waiting", "requests", "prompt_tokens", "generated_tokens", "cached_tokens")
+    __slots__ = ("app_id", "running", "waiting", "requests", "prompt_tokens", "generated_tokens", "cached_tokens", "scheduled_tokens")
     APP_ID_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class AppStatus(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     app_id: str
     running: int
     waiting: int
@@ -149,4 +150,5 @@ class AppStatus(_message.Message):
     prompt_tokens: int
     generated_tokens: int
     cached_tokens: int
-    def __init__(self, app_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+    scheduled_tokens: int
+    def __init__(self, app_id: _Optional[str] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., scheduled_tokens: _Optional[int] = ...) -> None: ...
