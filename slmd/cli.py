@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from slmd.logs import setup_logging  # imports llama_cpp: keep `slmd --help` fast
 
     setup_logging(cfg.log)
+    sys.setswitchinterval(cfg.engine.switch_interval_ms / 1000)
     from slmd.server.app import serve
 
     try:

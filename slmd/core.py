@@ -228,7 +228,8 @@ class Engine:
             sched.finish(req.request_id, RequestStatus.FINISHED_ABORTED, FinishReason.ABORT, "deadline exceeded")
         out = sched.schedule()
         self._run_ops(out.ops)
-        self._interruptible = bool(out.work) and all(w.request.priority < Priority.INTERACTIVE for w in out.work)
+        self._interruptible = bool(out.work) and sched.cfg.interactive_step_seconds > 0 and \
+            all(w.request.priority < Priority.INTERACTIVE for w in out.work)
         if out.batch.is_empty:
             step = StepOutput()
         else:

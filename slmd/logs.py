@@ -10,6 +10,7 @@ the operator enabled both `log.log_content` and debug level (privacy)."""
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import json
 import logging
 import sys
@@ -71,6 +72,14 @@ def _on_llama_log(level, text, user_data):  # noqa: ARG001 - C signature
         _llama_log.debug(text.decode("utf-8", "replace").rstrip())
 
 
+def _discard_llama_log():
+    """A C function for ggml_log_callback that does nothing: libc's getpid,
+    which takes no arguments (extra register arguments are harmless in the
+    C calling conventions of the platforms llama.cpp runs on)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    return L.llama_log_callback(ctypes.cast(libc.getpid, ctypes.c_void_p).value)
+
+
 def setup_logging(cfg: LogConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if cfg.json_format:
@@ -81,4 +90,10 @@ def setup_logging(cfg: LogConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
-    L.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
+    if root.isEnabledFor(logging.DEBUG):
+        L.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
+    else:
+        # llama.cpp logs from inside llama_decode (a CUDA build, every step); a
+        # Python callback there takes the GIL mid-step, waiting on the event
+        # loop's thread. Below debug level nothing is wanted: a C no-op it is.
+        L.llama_log_set(_discard_llama_log(), ctypes.c_void_p(0))
