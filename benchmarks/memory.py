@@ -14,7 +14,8 @@ token) with distinct prompts, so no prefix cache helps.
 
 N apps: see benchmarks/per_app.py. N llama-cpp-python processes (each with its
 own copy of the GGUF, and again all mapping one file) against one slmd with
---max-running N and its default 2N KV streams, and with N streams; the same
+--max-running N and its default 2N KV streams, with N streams, and with one
+KV pool of 2048 tokens shared by its 2N sequences (engine.kv_pool_tokens); the same
 prompts, greedy, the same output token counts (EOS ignored). PSS
 (/proc/<pid>/smaps_rollup) splits shared pages among the processes that share
 them, so the PSS sum is the physical memory used.
@@ -176,7 +177,10 @@ def main() -> None:
         f"slmd: `--max-running {n} --context 2048 --threads {args.threads}`, apps told apart by bearer tokens, other "
         f"settings default (prefix cache on, host tier up to 512 MiB). engine.num_sequences defaults to 2 x max_running "
         f"= {2 * n} KV streams of 2048 tokens ({n} for running requests, {n} for idle cache holders); the second slmd "
-        f"row sets SLMD_ENGINE__NUM_SEQUENCES={n}, the same KV as the {n} processes.",
+        f"row sets SLMD_ENGINE__NUM_SEQUENCES={n}, the same KV as the {n} processes; the pooled row sets "
+        f"SLMD_ENGINE__KV_POOL_TOKENS={per_app.POOL}: one unified KV cache of {per_app.POOL} cells shared by the "
+        f"{2 * n} sequences (running requests and cache holders), the KV of ONE per-app process, sized for the "
+        "workload's aggregate demand (requests wait or are preempted when it is full).",
         "",
         f"Lifecycle rows: medians of {args.repeat} runs. TTFT: client-side, request sent to first token, {GEN_TOKENS} tokens generated, distinct prompts "
         f"(no prefix-cache hits), `--threads {args.threads}`. 'start s' is spawn to gRPC health SERVING "

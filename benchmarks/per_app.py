@@ -34,6 +34,7 @@ from benchmarks.multiapp import start_slmd, token_of, write_config
 from slmd_client import AsyncClient
 
 MIB = 1 << 20
+POOL = 2048  # the pooled slmd row: one KV pool as large as ONE per-app process's context
 PROMPT = "Write a short note about {topic} for a colleague. Keep it friendly and clear."
 TOPICS = ["the weather", "a meeting", "lunch plans", "a book", "the garden", "a train trip", "a concert",
           "a bicycle", "the office", "a recipe"]
@@ -161,12 +162,14 @@ def per_app_processes(model: Path, n_apps: int, prompts: list[list[str]], gen: i
 
 
 def one_slmd(model: Path, n_apps: int, prompts: list[list[str]], gen: int, *, tmp: Path, threads: int,
-             max_running: int, num_sequences: int = 0, context: int = 2048) -> dict:
+             max_running: int, num_sequences: int = 0, context: int = 2048, kv_pool_tokens: int = 0) -> dict:
     apps = [f"app{i}" for i in range(n_apps)]
-    cfg = write_config(tmp / f"apps{n_apps}-{max_running}-{num_sequences}.toml", apps)
+    cfg = write_config(tmp / f"apps{n_apps}-{max_running}-{num_sequences}-{kv_pool_tokens}.toml", apps)
     env = {"SLMD_MEMORY__PSI": "false"}
     if num_sequences:
         env["SLMD_ENGINE__NUM_SEQUENCES"] = str(num_sequences)
+    if kv_pool_tokens:
+        env["SLMD_ENGINE__KV_POOL_TOKENS"] = str(kv_pool_tokens)
     work = Path(tempfile.mkdtemp(dir=tmp))
     d = start_slmd(work, model, cfg, threads=threads, context=context, env=env,
                    extra=("--metrics-port", "0", "--max-running", str(max_running)))
@@ -194,7 +197,7 @@ def one_slmd(model: Path, n_apps: int, prompts: list[list[str]], gen: int, *, tm
 
 def compare(model: Path, n_apps: int, *, threads: int, requests: int, gen: int, tmp: Path,
             max_running: int) -> tuple[list[list], list[list], list[str]]:
-    """Runs the four setups; returns (rows, ratio rows, labels)."""
+    """Runs the five setups; returns (rows, ratio rows, labels)."""
     prompts = app_prompts(n_apps, requests)
     app_threads = max(1, threads // n_apps)
     runs = [
@@ -207,6 +210,9 @@ def compare(model: Path, n_apps: int, *, threads: int, requests: int, gen: int, 
         (f"1 slmd, --max-running {max_running}, num_sequences {max_running} x 2048",
          one_slmd(model, n_apps, prompts, gen, tmp=tmp, threads=threads, max_running=max_running,
                   num_sequences=max_running)),
+        (f"1 slmd, --max-running {max_running}, pooled KV (kv_pool_tokens {POOL})",
+         one_slmd(model, n_apps, prompts, gen, tmp=tmp, threads=threads, max_running=max_running,
+                  kv_pool_tokens=POOL)),
     ]
     rows = [[name, r["procs"], r["mem"][0] / MIB, r["mem"][1] / MIB, r["mem"][2] / MIB, r["prompt_tokens"],
              r["tokens"], r["secs"], r["tokens"] / r["secs"]] for name, r in runs]
@@ -218,7 +224,7 @@ def compare(model: Path, n_apps: int, *, threads: int, requests: int, gen: int, 
             row += [f"{mem:.2f}x", f"{tput:.2f}x", "yes" if mem <= 0.25 and tput >= 1.0 else "no"]
         ratios.append(row)
     labels = [f"{n_apps} proc\nown copies", f"{n_apps} proc\nshared file", f"slmd\n{2 * max_running} seq",
-              f"slmd\n{max_running} seq"]
+              f"slmd\n{max_running} seq", f"slmd\npool {POOL}"]
     return rows, ratios, labels
 
 

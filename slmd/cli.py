@@ -26,6 +26,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", dest="model.n_threads", type=int, help="CPU threads (0 = all cores)")
     p.add_argument("--context", dest="model.context_per_sequence", type=int, help="tokens per request (prompt + output)")
     p.add_argument("--max-running", dest="engine.max_running", type=int, help="sequences decoded together")
+    p.add_argument("--kv-pool-tokens", dest="engine.kv_pool_tokens", type=int,
+                   help="one KV cache of this many tokens shared by all sequences (0 = a stream per sequence)")
     p.add_argument("--step-tokens", dest="engine.step_token_budget", type=int, help="token budget per engine step")
     p.add_argument("--max-waiting", dest="engine.max_waiting", type=int, help="queued requests before RESOURCE_EXHAUSTED")
     p.add_argument("--deterministic", dest="engine.deterministic", action="store_const", const=True,

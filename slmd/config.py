@@ -42,6 +42,9 @@ class EngineConfig(_Section):
     num_sequences: int = Field(0, ge=0, le=512)  # KV streams (running + idle cache holders); 0 = 2 x max_running
     step_token_budget: int = Field(512, ge=16, le=8192)  # tokens per llama_decode
     kv_unified: bool = False  # separate KV streams: prefill bit-identical to a solo run
+    # One unified KV cache of this many cells shared by all sequences, sized for
+    # aggregate demand instead of num_sequences x context (0 = off: a stream per sequence)
+    kv_pool_tokens: int = Field(0, ge=0, le=1 << 22)
     deterministic: bool = False  # default for requests that do not ask
     max_waiting: int = Field(256, ge=0)  # queued requests before RESOURCE_EXHAUSTED
     max_tokens_default: int = Field(256, ge=1)
@@ -63,6 +66,11 @@ class EngineConfig(_Section):
             raise ValueError("engine.max_tokens_default must be <= engine.max_tokens_limit")
         if self.num_sequences and self.num_sequences < self.max_running:
             raise ValueError("engine.num_sequences must be 0 or >= engine.max_running")
+        if 0 < self.kv_pool_tokens < 64:
+            raise ValueError("engine.kv_pool_tokens must be 0 (off) or >= 64")
+        if self.kv_pool_tokens and self.deterministic:
+            # bit-identical output needs a KV stream of its own (see README, deterministic mode)
+            raise ValueError("engine.deterministic needs separate KV streams: set engine.kv_pool_tokens = 0")
         return self
 
     @property

@@ -14,6 +14,15 @@ class RuntimeError_(Exception):
     """The backend could not load or run the model."""
 
 
+def kv_cells(num_sequences: int, context_per_sequence: int, pool_tokens: int = 0) -> int:
+    """KV cells of a context: a stream of `context_per_sequence` per sequence,
+    or one pool shared by all of them (`engine.kv_pool_tokens`), never larger
+    than the streams it replaces (a context reloaded with fewer sequences
+    under memory pressure shrinks its pool too)."""
+    streams = num_sequences * context_per_sequence
+    return min(pool_tokens, streams) if pool_tokens else streams
+
+
 @dataclass(frozen=True)
 class SeqWork:
     """Tokens to feed one sequence in this step, starting at position `start_pos`."""

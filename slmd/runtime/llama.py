@@ -1,6 +1,7 @@
 """The llama.cpp backend, through llama-cpp-python's low-level ctypes API.
 
-One model, one context with `num_sequences` KV sequences. Each `step` group is
+One model, one context with `num_sequences` KV sequences: a stream of cells
+each, or one unified pool of `kv_pool_tokens` cells that any sequence uses. Each `step` group is
 one `llama_decode`. ctypes releases the GIL during every foreign call, so the
 asyncio thread keeps serving while a step runs."""
 
@@ -18,7 +19,7 @@ import llama_cpp as L
 import numpy as np
 
 from slmd.request import SamplingParams
-from slmd.runtime.base import ModelInfo, RuntimeError_, StepBatch, StepOutput
+from slmd.runtime.base import ModelInfo, RuntimeError_, StepBatch, StepOutput, kv_cells
 from slmd.runtime.kv_state import restream
 from slmd.runtime.llama_io import BatchBuffers, Launched, flag_abort_callback
 from slmd.runtime.sampling import build_chain, free_chain, grammar_error, greedy_chain
@@ -45,11 +46,20 @@ class RuntimeConfig:
     n_threads: int = 0
     n_gpu_layers: int = 0
     kv_unified: bool = False
+    kv_pool_tokens: int = 0  # > 0: one unified cache of this many cells for all sequences
     use_mmap: bool = True
     lora_path: Path | None = None  # a GGUF LoRA adapter applied over the model
     lora_scale: float = 1.0
     backend_sampling: bool = False  # greedy argmax in the decode graph (GPU builds)
     argmax_threads: int = 0  # 0 = min(8, threads) on 4 or more threads, else 1
+
+    @property
+    def is_unified(self) -> bool:
+        return self.kv_unified or self.kv_pool_tokens > 0
+
+    @property
+    def num_cells(self) -> int:
+        return kv_cells(self.num_sequences, self.context_per_sequence, self.kv_pool_tokens)
 
 
 class LlamaRuntime:
@@ -67,12 +77,12 @@ class LlamaRuntime:
         threads = cfg.n_threads or os.cpu_count() or 1
         cp = L.llama_context_default_params()
         cp.n_seq_max = cfg.num_sequences
-        cp.n_ctx = cfg.context_per_sequence * cfg.num_sequences
+        cp.n_ctx = cfg.num_cells  # (llama.cpp rounds it up to a multiple of 256)
         cp.n_batch = cfg.batch_tokens
         cp.n_ubatch = min(cfg.batch_tokens, 512)
         cp.n_threads = threads
         cp.n_threads_batch = threads
-        cp.kv_unified = cfg.kv_unified
+        cp.kv_unified = cfg.is_unified
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -113,7 +123,8 @@ class LlamaRuntime:
             n_params=L.llama_model_n_params(self.model),
             size_bytes=L.llama_model_size(self.model),
             # past the trained context, position-embedding models (SlimLM/mpt) abort the process
-            context_per_sequence=min(cfg.context_per_sequence, L.llama_n_ctx_seq(self.ctx),
+            # and a request never outgrows the pool (the scheduler counts the configured cells)
+            context_per_sequence=min(cfg.context_per_sequence, cfg.num_cells, L.llama_n_ctx_seq(self.ctx),
                                      L.llama_model_n_ctx_train(self.model) or cfg.context_per_sequence),
             num_sequences=cfg.num_sequences,
         )
@@ -203,7 +214,7 @@ class LlamaRuntime:
         """Separate KV streams copy the whole source stream (llama.cpp supports
         only full cross-stream copies; the buffer copy runs at the next decode),
         then the tail is cut; a unified cache shares the cells without copying."""
-        if self.cfg.kv_unified:
+        if self.cfg.is_unified:
             L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, 0, num_tokens)
         else:
             L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, -1, -1)
@@ -238,7 +249,7 @@ class LlamaRuntime:
 
     def restore(self, seq_id: int, data: bytes) -> None:
         # saved in a context of another stream count (recreated under memory pressure)
-        data = restream(data, 1 if self.cfg.kv_unified else self.cfg.num_sequences)
+        data = restream(data, 1 if self.cfg.is_unified else self.cfg.num_sequences)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if L.llama_state_seq_set_data(self.ctx, buf, len(data), seq_id) == 0:
             raise RuntimeError_(f"could not restore the KV state of sequence {seq_id}")

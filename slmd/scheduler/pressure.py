@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from slmd.scheduler import ops as O
+from slmd.scheduler.kv_pool import pool_for
 
 if TYPE_CHECKING:
     from slmd.scheduler.scheduler import SchedulerConfig
@@ -38,6 +39,7 @@ class PressureOps:
         self._free_run = list(range(run))
         self._free_hold = list(range(num_sequences - 1, run - 1, -1))
         self._fresh_holders.clear()
+        self.pool = pool_for(self.cfg)  # a pool shrinks with the streams it replaces
 
     def drop_device_cache(self) -> list[O.Op]:
         """Give up every unlocked device cache holder (memory pressure, unload).

@@ -19,6 +19,7 @@ from slmd.scheduler import inflight
 from slmd.scheduler import ops as O
 from slmd.scheduler.admission import AppPolicy, Rejected, RejectReason, TokenMeter, check_admission
 from slmd.scheduler.cost import CostModel
+from slmd.scheduler.kv_pool import KVRoom, pool_for
 from slmd.scheduler.pressure import PressureOps
 from slmd.scheduler.queue import WaitQueue
 
@@ -31,6 +32,7 @@ class SchedulerConfig:
     context_per_sequence: int = 2048
     max_waiting: int = 256
     kv_bytes_per_token: float = 0.0  # for the save-or-recompute choice; 0 = unknown (always save)
+    kv_pool_tokens: int = 0  # one unified KV cache shared by all sequences (see kv_pool.py); 0 = off
     # While an interactive app is active, lower classes prefill at most this many
     # seconds of tokens per step (at the measured speed): a step in progress
     # cannot be interrupted, so its length is the wait of an interactive arrival.
@@ -61,7 +63,7 @@ class TokenUpdate:
     new_token_ids: list[int] = field(default_factory=list)
 
 
-class Scheduler(PressureOps):
+class Scheduler(KVRoom, PressureOps):
     def __init__(self, cfg: SchedulerConfig, is_eog: Callable[[int], bool],
                  policy_of: Callable[[str], AppPolicy] = lambda app: AppPolicy()) -> None:
         self.cfg = cfg
@@ -82,6 +84,7 @@ class Scheduler(PressureOps):
         self._free_run = list(range(self.max_running))  # a heap: lowest id first
         self._free_hold = list(range(cfg.num_sequences - 1, self.max_running - 1, -1))
         self._fresh_holders: set[int] = set()  # their copy runs in the next decode: not savable yet
+        self.pool = pool_for(cfg)
         self._started: set[str] = set()  # requests started in the current schedule()
         self._finished: list[Request] = []
         self._by_id: dict[str, Request] = {}
@@ -159,7 +162,8 @@ class Scheduler(PressureOps):
         if hold is None:
             return
         ops.append(O.Copy(req.seq_id, hold, len(tokens)))
-        self._fresh_holders.add(hold)
+        if not self.pool.is_on:  # (a copy within one unified cache is done at once)
+            self._fresh_holders.add(hold)
         for seq in self.cache.insert(tokens, req.namespace, hold, int(req.priority), self._exact_len(req)):
             ops.append(O.Release(seq))
             self._fresh_holders.discard(seq)
@@ -187,6 +191,7 @@ class Scheduler(PressureOps):
         self._started.clear()
         budget = self.cfg.step_token_budget
         self._yield_left = self._lower_class_cap()
+        self._begin_pool()
         out = SchedulerOutput(StepBatch(()), [], [])
         planned: dict[str, tuple[Request, int]] = {}  # request id -> (request, tokens this step)
         deferred: list[Request] = []
@@ -206,12 +211,12 @@ class Scheduler(PressureOps):
                                                       r.num_pending_tokens)):
             if budget <= 0:
                 break
-            if req.request_id in planned:
+            if req.request_id in planned or req.status != RequestStatus.RUNNING:  # (preempted for cells)
                 continue
-            num = self._chunk(req, budget)
+            num, refund = self._fit(req, n, out.ops, planned) if (n := self._chunk(req, budget)) else (0, 0)
+            budget += refund - num
             if num == 0:
                 continue
-            budget -= num
             planned[req.request_id] = (req, num)
 
         while budget > 0 and len(self.waiting):
@@ -256,20 +261,23 @@ class Scheduler(PressureOps):
             if live is not None and hit is not None:
                 self.cache.release_hit(hit)
                 hit = None
-        preempted = self._make_room(req, out.ops)
+        fits, refund, held, hit, live = self._room_to_start(req, hit, live, budget, out.ops, planned)
+        preempted = self._make_room(req, out.ops, live) if fits else None
         if preempted is None:
             if hit is not None:
                 self.cache.release_hit(hit)
-            return budget, False
+            return budget + refund, False
         for victim in preempted:  # its planned work is off: refund the budget
             _, num = planned.pop(victim.request_id, (None, 0))
+            self.pool.give(num)
             budget += num
         self.waiting.pop()
         self._start(req, out, hit, live)
-        num = self._chunk(req, budget)
+        num = self._chunk(req, budget)  # (<= first)
+        self.pool.take(held + num)
         if num:
             planned[req.request_id] = (req, num)
-        return budget - num, True
+        return budget + refund - num, True
 
     def _chunk(self, req: Request, budget: int) -> int:
         if req.deterministic:
@@ -298,9 +306,10 @@ class Scheduler(PressureOps):
             return None
         return max(16, int(self.cost.prefill_tps * self.cfg.interactive_step_seconds))
 
-    def _make_room(self, req: Request, ops: list[O.Op]) -> list[Request] | None:
+    def _make_room(self, req: Request, ops: list[O.Op], live: tuple[int, int] | None) -> list[Request] | None:
         """A running slot and a KV stream for `req`, preempting lower classes if
-        need be. Returns the preempted requests, or None if there is no room."""
+        need be (not the stream it copies from). Returns the preempted
+        requests, or None if there is no room."""
         need_stream = req.seq_id is None and not self._free_run
         if need_stream:  # a paused request of this class or below gives its stream up first
             donor = next((r for r in self.waiting if r.seq_id is not None and r is not req
@@ -313,52 +322,15 @@ class Scheduler(PressureOps):
             return []
         # the lowest class first; within it the most-served app's newest request
         served = self.waiting.served
-        lower = sorted((r for r in self.running if r.priority < req.priority and r.request_id not in self._started),
+        source = live[0] if live is not None else None
+        lower = sorted((r for r in self.running if r.priority < req.priority and r.request_id not in self._started
+                        and r.seq_id != source),
                        key=lambda r: (r.priority, -served(r.app_id), -r.arrival_time))
         if len(lower) < need:
             return None  # not enough lower-class work to make room: nobody is paused for nothing
         for i, victim in enumerate(lower[:need]):
             self._preempt(victim, ops, need_stream=need_stream and i == 0)
         return lower[:need]
-
-    def _evict_cache_holder(self, ops: list[O.Op]) -> int | None:
-        """Free a holder slot: the LRU (or lowest-priority) unlocked holder goes
-        to the host tier or is dropped. Returns its stream id."""
-        picked = self.cache.evict_device(skip=self._fresh_holders)
-        if picked is None:
-            return None
-        ns, node, seq = picked
-        if self.cache.wants_host_tier and self._worth_saving(node.depth):
-            ops.append(O.Save(seq, ns, node))  # the core demotes the node to the host tier
-        else:
-            self.cache.drop(ns, node)
-            ops.append(O.Release(seq))
-        return seq
-
-    def _worth_saving(self, num_tokens: int) -> bool:
-        if not self.cfg.kv_bytes_per_token:
-            return True
-        return self.cost.save_beats_recompute(num_tokens, self.cfg.kv_bytes_per_token)
-
-    def _preempt(self, victim: Request, ops: list[O.Op], *, need_stream: bool) -> None:
-        """Pause `victim`. Its KV stays in its stream unless the stream is needed;
-        then it is saved to host memory or dropped for recompute, by cost."""
-        self.running.remove(victim)
-        victim.status = RequestStatus.PREEMPTED
-        victim.num_preemptions += 1
-        self.num_preemptions += 1
-        if need_stream:
-            self._release_stream(victim, ops)
-        self.waiting.push(victim, front=True)
-
-    def _release_stream(self, req: Request, ops: list[O.Op]) -> None:
-        if req.deterministic or self._worth_saving(req.num_computed_tokens):
-            ops.append(O.SaveRequest(req.seq_id, req.request_id))  # sets saved_state
-        else:
-            req.num_computed_tokens = 0
-        ops.append(O.Release(req.seq_id))
-        heapq.heappush(self._free_run, req.seq_id)
-        req.seq_id = None
 
     def _exact_len(self, req: Request) -> int:
         """Tokens of a finished request's KV computed as a cold solo run would:

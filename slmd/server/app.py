@@ -74,7 +74,7 @@ def build(cfg: Config) -> Daemon:
         model_path=model_path, num_sequences=eng.streams,
         context_per_sequence=cfg.model.context_per_sequence, batch_tokens=eng.step_token_budget,
         n_threads=cfg.model.n_threads, n_gpu_layers=cfg.model.n_gpu_layers,
-        kv_unified=eng.kv_unified, use_mmap=cfg.model.use_mmap,
+        kv_unified=eng.kv_unified, kv_pool_tokens=eng.kv_pool_tokens, use_mmap=cfg.model.use_mmap,
         lora_path=cfg.model.lora_path, lora_scale=cfg.model.lora_scale,
         backend_sampling=cfg.model.backend_sampling, argmax_threads=cfg.model.argmax_threads,
     )
@@ -83,13 +83,14 @@ def build(cfg: Config) -> Daemon:
                         grammar_check=vocab_grammar_check(model_path))
     info = runtime.info
     metrics.on_model_loaded()
-    log.info("model %s (%s, %.1f M params, %d sequences x %d tokens)", info.name, info.architecture,
-             info.n_params / 1e6, info.num_sequences, info.context_per_sequence)
+    log.info("model %s (%s, %.1f M params, %d sequences x %d tokens%s)", info.name, info.architecture,
+             info.n_params / 1e6, info.num_sequences, info.context_per_sequence,
+             f", one KV pool of {runtime_cfg.num_cells} tokens" if eng.kv_pool_tokens else "")
     policies = AppPolicies(cfg.apps)
     engine = Engine(runtime, SchedulerConfig(
         num_sequences=eng.streams, max_running=eng.max_running, step_token_budget=eng.step_token_budget,
         context_per_sequence=info.context_per_sequence, max_waiting=eng.max_waiting,
-        kv_bytes_per_token=runtime.kv_bytes_per_token,
+        kv_bytes_per_token=runtime.kv_bytes_per_token, kv_pool_tokens=eng.kv_pool_tokens,
         interactive_step_seconds=eng.interactive_step_seconds, interactive_window_seconds=eng.interactive_window_seconds,
         cache=CacheConfig(enabled=cfg.cache.enabled, min_tokens=cfg.cache.min_tokens, host_bytes=cfg.cache.host_bytes,
                           policy=EvictionPolicy(cfg.cache.policy),
@@ -111,7 +112,8 @@ def build(cfg: Config) -> Daemon:
         ("grpc.max_send_message_length", cfg.server.max_message_bytes),
     ])
     register(server, GenerationServicer(engine, Prompter(tokenizer), limits, identity, policies,
-                                        info.context_per_sequence, eng.deterministic), SERVICES[0], metrics)
+                                        info.context_per_sequence, eng.deterministic, eng.kv_pool_tokens),
+             SERVICES[0], metrics)
     register(server, AdminServicer(engine, info, identity, metrics, runtime.kv_bytes_per_token, reactor,
                                    frozenset(a for a, c in cfg.apps.items() if c.admin)), SERVICES[1], metrics)
     documents = DocumentsServicer(engine, PromptLayout(Prompter(tokenizer)), limits, identity,

@@ -16,7 +16,7 @@ from slmd.request import Request
 from slmd.server import calls, convert
 from slmd.server.identity import IdentityResolver
 from slmd.server.policies import AppPolicies
-from slmd.server.status import from_kind, invalid
+from slmd.server.status import failed_precondition, from_kind, invalid
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _BIG_PROMPT_CHARS = 16_384  # tokenize larger prompts off the event loop
 class GenerationServicer:
     def __init__(self, engine: Engine, prompter: Prompter, limits: convert.Limits,
                  identity: IdentityResolver, policies: AppPolicies, context_window: int,
-                 default_deterministic: bool = False) -> None:
+                 default_deterministic: bool = False, kv_pool_tokens: int = 0) -> None:
         self.policies = policies
         self.engine = engine
         self.prompter = prompter
@@ -34,6 +34,9 @@ class GenerationServicer:
         self.identity = identity
         self.context_window = context_window
         self.default_deterministic = default_deterministic
+        self.kv_pool_tokens = kv_pool_tokens
+        # the setting that bounds a request: a pool smaller than the context is the window
+        self.window_key = "engine.kv_pool_tokens" if kv_pool_tokens == context_window else "model.context_per_sequence"
 
     async def _prompt_ids(self, request) -> list[int]:
         which = request.WhichOneof("input")
@@ -62,7 +65,7 @@ class GenerationServicer:
             raise invalid("prompt encodes to no tokens")
         if len(ids) >= self.context_window:
             raise invalid(f"prompt is {len(ids)} tokens; the context window is {self.context_window} tokens "
-                          f"per request (model.context_per_sequence), leaving no room for output")
+                          f"per request ({self.window_key}), leaving no room for output")
 
     async def CountTokens(self, request, context):
         self.identity.resolve(context)
@@ -81,6 +84,10 @@ class GenerationServicer:
             err = await asyncio.get_running_loop().run_in_executor(None, self.engine.validate_grammar, sampling.grammar)
             if err:
                 raise invalid(f"sampling.grammar: {err}")
+        if request.deterministic and self.kv_pool_tokens:
+            # bit-identical to a solo run needs a KV stream of its own; a unified pool shifts logits
+            raise failed_precondition("deterministic: needs separate KV streams, and this daemon shares one KV "
+                                      f"pool among its sequences (engine.kv_pool_tokens={self.kv_pool_tokens})")
         prio = self.policies.priority(ident.app_id, convert.priority(request.priority))
         ids = await self._prompt_ids(request)
         self._check_fits(ids)

@@ -26,6 +26,10 @@ def invalid(message: str) -> RpcError:
     return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def failed_precondition(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
 def exhausted(message: str, retry_after: float = 1.0) -> RpcError:
     return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after)
 

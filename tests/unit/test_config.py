@@ -49,3 +49,13 @@ def test_other_slmd_variables_are_not_settings():
     cfg = load_config(None, environ={"SLMD_REQUIRE_MODELS": "1", "SLMD_SOAK_SECONDS": "60",
                                      "SLMD_DATA_DIR": "/tmp/slmd-x"})
     assert str(cfg.data_dir) == "/tmp/slmd-x"
+
+
+def test_kv_pool_tokens_from_env_and_its_limits():
+    cfg = load_config(None, environ={"SLMD_ENGINE__KV_POOL_TOKENS": "2048"})
+    assert cfg.engine.kv_pool_tokens == 2048 and load_config(None, environ={}).engine.kv_pool_tokens == 0
+    with pytest.raises(ConfigError, match=r"engine\.kv_pool_tokens must be 0 \(off\) or >= 64"):
+        load_config(None, environ={}, flags={"engine.kv_pool_tokens": 16})
+    # deterministic output needs a KV stream per sequence: the combination is refused at start
+    with pytest.raises(ConfigError, match=r"engine\.deterministic.*engine\.kv_pool_tokens = 0"):
+        load_config(None, environ={"SLMD_ENGINE__DETERMINISTIC": "true"}, flags={"engine.kv_pool_tokens": 1024})
