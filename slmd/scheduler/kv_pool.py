@@ -97,7 +97,7 @@ class KVRoom:
         self.num_preemptions += 1
         if need_stream:
             self._release_stream(victim, ops)
-        self.waiting.push(victim, front=True)
+        self.waiting.push(victim, front=True, idle=False)
 
     def _release_stream(self, req: Request, ops: list[O.Op]) -> None:
         self.pool.give(req.num_computed_tokens)

@@ -42,11 +42,16 @@ class WaitQueue:
 
     # ---- queue ------------------------------------------------------------
 
-    def push(self, req: Request, *, front: bool = False) -> None:
+    def push(self, req: Request, *, front: bool = False, idle: bool = True) -> None:
+        """`idle`: the app has no other request, queued or running. Only an idle
+        app is moved up to the current virtual time; one whose requests all run
+        keeps the credit it is owed (else an app with every request in flight
+        lost its share each time it queued another)."""
         apps = self._apps[req.priority]
         if req.app_id not in apps:
             apps[req.app_id] = deque()
-            self._vtime[req.app_id] = max(self._vtime.get(req.app_id, 0.0), self._floor())
+            if idle:
+                self._vtime[req.app_id] = max(self._vtime.get(req.app_id, 0.0), self._floor())
         (apps[req.app_id].appendleft if front else apps[req.app_id].append)(req)
         self._num += 1
 

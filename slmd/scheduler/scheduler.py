@@ -110,7 +110,7 @@ class Scheduler(KVRoom, PressureOps):
         self._active_per_app[req.app_id] = self._active_per_app.get(req.app_id, 0) + 1
         if req.priority >= Priority.INTERACTIVE:
             self._last_interactive = time.monotonic()
-        self.waiting.push(req)
+        self.waiting.push(req, idle=self._active_per_app[req.app_id] == 1)
 
     def predicted_ttft(self, req: Request) -> float:
         """Prefill work queued at this class or above, plus this prompt, at the measured speed."""
@@ -224,7 +224,7 @@ class Scheduler(KVRoom, PressureOps):
             if not ok:
                 break
         for req in reversed(deferred):
-            self.waiting.push(req, front=True)
+            self.waiting.push(req, front=True, idle=False)
 
         if self._yield_left is not None and any(
                 r.priority >= Priority.INTERACTIVE and r.num_pending_tokens > 1 for r, _ in planned.values()):

@@ -201,6 +201,32 @@ def test_fair_share_between_equal_weight_apps_within_10_percent():
     assert max(shares) - min(shares) <= 0.10 * (1 / 3), served
 
 
+def test_fair_share_when_an_app_has_all_its_requests_running():
+    # Closed loop, as apps keeping k requests in flight: an app whose requests
+    # all run has an empty queue; queueing its next one must not forfeit the
+    # share it is owed.
+    from slmd.scheduler.admission import AppPolicy
+
+    s = Scheduler(SchedulerConfig(num_sequences=4, step_token_budget=24, context_per_sequence=256,
+                                  cache=CacheConfig(enabled=False)),
+                  is_eog=lambda t: False, policy_of=lambda app: AppPolicy(max_waiting=100, max_concurrent=100))
+    apps, served, n = ["a", "b", "c"], {"a": 0, "b": 0, "c": 0}, 0
+    for app in apps:
+        for _ in range(2):
+            s.add(Request(f"{app}-{n}", [1] * 40, SamplingParams(max_tokens=8), app_id=app))
+            n += 1
+    for _ in range(600):
+        out = s.schedule()
+        for w in out.work:
+            served[w.request.app_id] += w.num_tokens
+        s.update(out, sample_all(out))
+        done, _ = s.take_finished()
+        for req in done:  # the app sends its next request
+            s.add(Request(f"{req.app_id}-{n}", [1] * 40, SamplingParams(max_tokens=8), app_id=req.app_id))
+            n += 1
+    assert max(served.values()) / min(served.values()) <= 1.10, served
+
+
 def test_weights_give_proportional_shares():
     served = _flood_shares({"heavy": 2.0, "light": 1.0})
     ratio = served["heavy"] / served["light"]
