@@ -96,6 +96,10 @@ class Backend:
         """Tokens the server computed per app so far (prompt and generated), if it says."""
         return None
 
+    async def running(self) -> dict[str, int] | None:
+        """Requests running per app now, if the server says."""
+        return None
+
 
 class SlmdBackend(Backend):
     def __init__(self, target: str, app_ids: list[str]) -> None:
@@ -112,6 +116,10 @@ class SlmdBackend(Backend):
     async def scheduled_tokens(self) -> dict[str, int] | None:
         st = await self.clients[CHAT_APP].status()
         return {a.app_id: a.scheduled_tokens for a in st.apps}
+
+    async def running(self) -> dict[str, int] | None:
+        st = await self.clients[CHAT_APP].status()
+        return {a.app_id: a.running for a in st.apps}
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients.values()))
@@ -159,8 +167,20 @@ async def workload(be: Backend, args, docs: Documents, flood_apps: list[str]) ->
         if time.perf_counter() - t_wait > args.max_fill_seconds:
             break
         await asyncio.sleep(0.1)
+    samples: list[dict[str, int]] = []
+
+    async def sample_running() -> None:  # how many requests each app had running, once a second
+        while True:
+            got = await be.running()
+            if got is None:
+                return
+            samples.append(got)
+            await asyncio.sleep(1.0)
+
     sched0 = await be.scheduled_tokens()
+    sampler = asyncio.create_task(sample_running())
     busy = await chat_turns(be, "busy", args.turns, args.chat_tokens, args.pause)
+    sampler.cancel()
     sched1 = await be.scheduled_tokens()
     stop.set()
     for w in workers:
@@ -171,7 +191,10 @@ async def workload(be: Backend, args, docs: Documents, flood_apps: list[str]) ->
     per_app = {a: sum(1 for s in flood if s.app == a for t in s.token_times if w0 <= t <= w1) for a in flood_apps}
     # what the fair share equalizes: tokens computed per app (prompt chunks and decodes) in the window
     computed = {a: sched1.get(a, 0) - sched0.get(a, 0) for a in flood_apps} if sched0 is not None else None
+    mean_running = {a: round(sum(x.get(a, 0) for x in samples) / len(samples), 2) for a in flood_apps} \
+        if samples else None
     return {"idle": [s.ttft for s in idle], "busy": [s.ttft for s in busy], "per_app": per_app, "computed": computed,
+            "mean_running": mean_running,
             "busy_queue": [s.queue_seconds for s in busy], "busy_server_ttft": [s.server_ttft for s in busy],
             "window": w1 - w0, "fill_seconds": w0 - t_wait}
 
@@ -268,7 +291,8 @@ def main() -> None:
                       f"weighted fair share equalizes; Admin.Status scheduled_tokens): {r['computed']}, max/min "
                       f"{cspread:.3f} -> {'within' if cspread <= 1.1 else 'NOT within'} 10%. Generated tokens "
                       f"alone come in 64-token requests, a few per app in the window: one request is a large "
-                      f"part of an app's count."]
+                      f"part of an app's count. Requests running per app, mean of 1 s samples: "
+                      f"{r.get('mean_running')}."]
     path = write_results(args.name, "Interactive latency under a background flood: slmd vs llama-server", header,
                          rows, ["", *[f"- {n}" for n in notes]])
     _plot(res, flood_apps, RESULTS / f"{args.name}.png")

@@ -1,6 +1,7 @@
 """The waiting queue: highest priority class first; within a class, a
-weighted fair share of tokens across apps (start-time fair queuing: the app
-with the least tokens served per unit of weight goes next), and each app's
+weighted fair share across apps (the app with the fewest running requests
+per unit of weight goes next, then the one with the least tokens served per
+unit of weight: start-time fair queuing), and each app's
 requests keep their arrival order. An app that was idle starts at the
 current virtual time, so idling earns no burst credit. One app's flood
 therefore cannot push another app's request back."""
@@ -14,8 +15,14 @@ from slmd.request import Priority, Request
 
 
 class WaitQueue:
-    def __init__(self, weight_of: Callable[[str], float] = lambda app: 1.0) -> None:
+    def __init__(self, weight_of: Callable[[str], float] = lambda app: 1.0,
+                 running_of: Callable[[str], int] = lambda app: 0) -> None:
         self._weight_of = weight_of
+        # Requests an app has running. Every running request decodes a token
+        # each step, so running slots are the share; and tokens are charged
+        # only once computed, so slots handed out in one step all see the
+        # same virtual times. Fewest slots per weight first, then least served.
+        self._running_of = running_of
         self._apps: dict[Priority, dict[str, deque[Request]]] = {p: {} for p in Priority}
         self._vtime: dict[str, float] = {}  # tokens served / weight, per app
         self._num = 0
@@ -57,7 +64,8 @@ class WaitQueue:
 
     def _next_app(self, prio: Priority) -> str | None:
         apps = self._apps[prio]
-        return min(apps, key=lambda a: (self._vtime.get(a, 0.0), apps[a][0].arrival_time)) if apps else None
+        return min(apps, key=lambda a: (self._running_of(a) / self._weight_of(a), self._vtime.get(a, 0.0),
+                                        apps[a][0].arrival_time)) if apps else None
 
     def peek(self) -> Request | None:
         for p in sorted(Priority, reverse=True):

@@ -73,7 +73,8 @@ class Scheduler(KVRoom, PressureOps):
         self.cache = PrefixCache(cfg.cache)
         self.cost = CostModel()
         self.meter = TokenMeter()
-        self.waiting = WaitQueue(lambda app: policy_of(app).weight)
+        self.waiting = WaitQueue(lambda app: policy_of(app).weight,
+                                 lambda app: sum(1 for r in self.running if r.app_id == app))
         self.running: list[Request] = []
         self.num_preemptions = 0
         # Running requests use the low stream ids [0, max_running), cache holders

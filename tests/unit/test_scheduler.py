@@ -227,6 +227,19 @@ def test_fair_share_when_an_app_has_all_its_requests_running():
     assert max(served.values()) / min(served.values()) <= 1.10, served
 
 
+def test_slots_handed_out_in_one_step_go_round_the_apps():
+    # Tokens are charged once computed, so every app looks equally served while
+    # one step fills several free slots; the fewest-running rule spreads them
+    # (before it, the first app to queue took every slot).
+    s = sched(num_sequences=6, max_running=3, step_token_budget=64, cache=CacheConfig(enabled=False))
+    for app in ("a", "b", "c"):
+        for i in range(4):
+            s.add(mk(f"{app}{i}", 10, prio=Priority.BACKGROUND, app=app))
+    out = s.schedule()
+    assert sorted(r.app_id for r in s.running) == ["a", "b", "c"], [r.request_id for r in s.running]
+    s.update(out, sample_all(out))
+
+
 def test_weights_give_proportional_shares():
     served = _flood_shares({"heavy": 2.0, "light": 1.0})
     ratio = served["heavy"] / served["light"]
