@@ -384,8 +384,9 @@ class LlamaRuntime:
         return np.concatenate(list(done)).tolist()
 
     def close(self) -> None:
-        if self._argmax_pool is not None:
-            self._argmax_pool.shutdown(wait=False)
+        pool = getattr(self, "_argmax_pool", None)  # (a failed LoRA load closes before it exists)
+        if pool is not None:
+            pool.shutdown(wait=False)
             self._argmax_pool = None
         for chain in self._chains.values():
             free_chain(chain)
