@@ -256,7 +256,8 @@ class Scheduler(KVRoom, PressureOps):
             if inflight.should_wait(req, self.running, best):
                 if hit is not None:
                     self.cache.release_hit(hit)
-                deferred.append(self.waiting.pop())
+                self.waiting.remove(req)
+                deferred.append(req)
                 return budget, True
             live = inflight.running_source(req, self.running, best)
             if live is not None and hit is not None:
@@ -272,7 +273,8 @@ class Scheduler(KVRoom, PressureOps):
             _, num = planned.pop(victim.request_id, (None, 0))
             self.pool.give(num)
             budget += num
-        self.waiting.pop()
+        # (not pop(): making room pushed victims back and changed who is at the head)
+        self.waiting.remove(req)
         self._start(req, out, hit, live)
         num = self._chunk(req, budget)  # (<= first)
         self.pool.take(held + num)

@@ -317,3 +317,31 @@ def test_scarce_prefill_budget_goes_to_the_least_served_app():
     s.update(out, sample_all(out))
     out = s.schedule()  # b has been served nothing: its prompt goes first although a1's is shorter
     assert {w.request.request_id: w.num_tokens for w in out.work} == {"b1": 16}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_no_request_is_both_running_and_queued(seed):
+    # Admission preempts lower classes and pushes them back to the queue, which
+    # changes the queue's head: the admitted request must leave the queue, not
+    # the new head (it did: a running request stayed queued, its stream was
+    # then given away, and a step was built with no sequence for it).
+    import random
+
+    rng = random.Random(seed)
+    s = sched(num_sequences=6, max_running=3, step_token_budget=32, context_per_sequence=256,
+              cache=CacheConfig(enabled=True, min_tokens=4))
+    n = 0
+    for _ in range(1500):
+        if rng.random() < 0.5:
+            prio = rng.choice([Priority.BACKGROUND, Priority.NORMAL, Priority.INTERACTIVE])
+            s.add(mk(f"r{n}", rng.randint(3, 40), prio=prio, app=rng.choice("abcd"), max_tokens=rng.randint(1, 8)))
+            n += 1
+        out = s.schedule()
+        for op in out.ops:
+            if isinstance(op, O.SaveRequest):
+                s.get(op.request_id).saved_state = b"kv"
+        running = {r.request_id for r in s.running}
+        assert not running & {r.request_id for r in s.waiting}
+        assert all(w.seq_id is not None for g in out.batch.groups for w in g)
+        s.update(out, sample_all(out))
+        s.take_finished()
