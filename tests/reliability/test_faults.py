@@ -32,6 +32,7 @@ import grpc
 import pytest
 
 from slmd_client import AsyncClient, FinishReason, Unavailable
+from slmd_client._proto.slmd.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import ROOT
 from tests.reliability.conftest import kv_running_tokens, record, start_with_config, status, threads
 
@@ -72,11 +73,16 @@ def _wait_line(proc: subprocess.Popen, want: str, timeout: float = 60) -> None:
 
 
 def _wait_status(target: str, predicate, timeout: float) -> float:
+    # one channel for the whole poll, as a client would: a new connection
+    # every 5 ms through the peer-credential front once lost a race (a Status
+    # call failed with "Socket closed" while another connection was relayed)
     t0 = time.monotonic()
-    while not predicate(st := status(target)):
-        assert time.monotonic() - t0 < timeout, f"not within {timeout}s: {st.running_requests} running, " \
-                                                f"{st.waiting_requests} waiting"
-        time.sleep(0.005)
+    with grpc.insecure_channel(target) as ch:
+        stub = admin_pb2_grpc.AdminStub(ch)
+        while not predicate(st := stub.Status(admin_pb2.StatusRequest(), timeout=10)):
+            assert time.monotonic() - t0 < timeout, f"not within {timeout}s: {st.running_requests} running, " \
+                                                    f"{st.waiting_requests} waiting"
+            time.sleep(0.005)
     return time.monotonic() - t0
 
 
