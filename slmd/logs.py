@@ -10,7 +10,6 @@ the operator enabled both `log.log_content` and debug level (privacy)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import logging
 import sys
@@ -20,6 +19,7 @@ import slmd.runtime  # noqa: F401  (sets the OpenMP wait policy before llama_cpp
 import llama_cpp as L
 
 from slmd.config import LogConfig
+from slmd.runtime.llama_io import libc_callback
 from slmd.server import calls
 
 _llama_log = logging.getLogger("llama.cpp")
@@ -76,8 +76,7 @@ def _discard_llama_log():
     """A C function for ggml_log_callback that does nothing: libc's getpid,
     which takes no arguments (extra register arguments are harmless in the
     C calling conventions of the platforms llama.cpp runs on)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-    return L.llama_log_callback(ctypes.cast(libc.getpid, ctypes.c_void_p).value)
+    return libc_callback("getpid", L.llama_log_callback)
 
 
 def setup_logging(cfg: LogConfig) -> None:

@@ -379,8 +379,7 @@ class LlamaRuntime:
         step on one core."""
         if len(rows) < _PARALLEL_ARGMAX_ROWS or self._argmax_pool is None:
             return rows.argmax(axis=1).tolist()
-        parts = np.array_split(np.arange(len(rows)), self._argmax_workers)
-        done = self._argmax_pool.map(lambda ix: rows[ix[0]: ix[-1] + 1].argmax(axis=1), parts)
+        done = self._argmax_pool.map(lambda part: part.argmax(axis=1), np.array_split(rows, self._argmax_workers))
         return np.concatenate(list(done)).tolist()
 
     def close(self) -> None:

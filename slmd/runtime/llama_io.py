@@ -14,14 +14,20 @@ import numpy as np
 from slmd.runtime.base import StepOutput
 
 
+def libc_callback(name: str, cfunctype):
+    """libc's function `name` as a C callback of type `cfunctype`: llama.cpp
+    calls it without the GIL, where a Python callback would take it on every
+    call from inside a decode."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    return cfunctype(ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
+
+
 def flag_abort_callback():
     """libc's strlen as llama.cpp's abort callback over a one-byte flag: it
     returns 1 once the flag byte is set and 0 while it is clear. ggml's CPU
-    backend calls the callback after every graph node from a worker thread;
-    a Python callback there would take the GIL hundreds of times per step,
-    this one is a plain C call and reads memory another thread writes."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-    return L.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
+    backend calls the callback after every graph node from a worker thread,
+    hundreds of times per step; this one reads memory another thread writes."""
+    return libc_callback("strlen", L.ggml_abort_callback)
 
 
 @dataclass

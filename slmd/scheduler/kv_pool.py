@@ -61,7 +61,7 @@ def pool_for(cfg: SchedulerConfig) -> KVPool:
     return KVPool(kv_cells(cfg.num_sequences, cfg.context_per_sequence, pool) if pool else 0)
 
 
-def _victim_order(r: Request) -> tuple:
+def victim_order(r: Request) -> tuple:
     return (r.priority, -r.arrival_time)  # lowest class, newest first
 
 
@@ -124,7 +124,7 @@ class KVRoom:
         until `num` cells are free."""
         while not self.pool.fits(num) and (seq := self._evict_cache_holder(ops)) is not None:
             self._free_hold.append(seq)
-        paused = sorted((r for r in self.waiting if r.seq_id is not None and r is not keep), key=_victim_order)
+        paused = sorted((r for r in self.waiting if r.seq_id is not None and r is not keep), key=victim_order)
         for req in paused:
             if self.pool.fits(num):
                 break
@@ -139,6 +139,13 @@ class KVRoom:
         self._preempt(victim, ops, need_stream=True)  # (its KV's cells are given back there)
         return num
 
+    def _yielders(self, req: Request, live: tuple[int, int] | None):
+        """Running requests that may be preempted for `req`: of a lower class,
+        not started in this step, not the stream `req` copies from."""
+        source = live[0] if live is not None else None
+        return (r for r in self.running if r.priority < req.priority and r.request_id not in self._started
+                and r.seq_id != source)
+
     def _fit(self, req: Request, num: int, ops: list[O.Op], planned: dict) -> tuple[int, int]:
         """Cells for `num` tokens of running `req` this step. Returns (tokens
         it may compute, budget given back by requests preempted to make room)."""
@@ -148,7 +155,7 @@ class KVRoom:
         if not self._free_cells(num, ops, req):
             while not pool.fits(least):
                 victims = [r for r in self.running if r.request_id not in self._started or r is req]
-                victim = min(victims, key=_victim_order, default=None)
+                victim = min(victims, key=victim_order, default=None)
                 if victim is None or victim is req:
                     if victim is req and req.num_computed_tokens:  # its KV is worth more to the others
                         refund += self._preempt_for_cells(req, ops, planned)
@@ -202,9 +209,7 @@ class KVRoom:
         back by preempted requests)."""
         if self._free_cells(num, ops, req):
             return True, 0
-        source = live[0] if live is not None else None
-        lower = sorted((r for r in self.running if r.priority < req.priority and r.request_id not in self._started
-                        and r.seq_id != source), key=_victim_order)
+        lower = sorted(self._yielders(req, live), key=victim_order)
         gain = sum(r.num_computed_tokens + planned.get(r.request_id, (None, 0))[1] for r in lower)
         if not self.pool.fits(num - gain):
             return False, 0

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from slmd.scheduler import ops as O
-from slmd.scheduler.kv_pool import pool_for
+from slmd.scheduler.kv_pool import pool_for, victim_order
 
 if TYPE_CHECKING:
     from slmd.scheduler.scheduler import SchedulerConfig
@@ -23,7 +23,7 @@ class PressureOps:
         self.max_running = max(1, min(n, self.cfg.max_running or self.cfg.num_sequences))
         excess = len(self.running) - self.max_running
         ops: list[O.Op] = []
-        for victim in sorted(self.running, key=lambda r: (r.priority, -r.arrival_time))[: max(0, excess)]:
+        for victim in sorted(self.running, key=victim_order)[: max(0, excess)]:
             self._preempt(victim, ops, need_stream=False)
         return ops
 
@@ -62,7 +62,7 @@ class PressureOps:
         resumes on the new context."""
         ops: list[O.Op] = []
         # lowest class first: each goes to the front of its queue, so the highest resumes first
-        for victim in sorted(self.running, key=lambda r: (r.priority, -r.arrival_time)):
+        for victim in sorted(self.running, key=victim_order):
             self._preempt(victim, ops, need_stream=True)
         for req in self.waiting:
             if req.seq_id is not None:  # paused with its KV in place

@@ -325,10 +325,7 @@ class Scheduler(KVRoom, PressureOps):
             return []
         # the lowest class first; within it the most-served app's newest request
         served = self.waiting.served
-        source = live[0] if live is not None else None
-        lower = sorted((r for r in self.running if r.priority < req.priority and r.request_id not in self._started
-                        and r.seq_id != source),
-                       key=lambda r: (r.priority, -served(r.app_id), -r.arrival_time))
+        lower = sorted(self._yielders(req, live), key=lambda r: (r.priority, -served(r.app_id), -r.arrival_time))
         if len(lower) < need:
             return None  # not enough lower-class work to make room: nobody is paused for nothing
         for i, victim in enumerate(lower[:need]):
