@@ -14,9 +14,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# llama-cpp-python compiles llama.cpp from source (about 4-7 minutes on 2 cores);
-# pip keeps the built wheel in its cache, but nothing here depends on that cache.
-$(VENV)/.installed: $(BIN)/python pyproject.toml clients/python/pyproject.toml
+# llama-cpp-python compiles llama.cpp from source (about 4-7 minutes on 2 cores)
+# through packaging/llama-wheel.sh, with the fixes in packaging/llama-cpp/patch.py;
+# its wheel cache is keyed by the flags, patches, compiler and CPU (pip's own is
+# keyed by the source URL alone); a missing cache only costs time.
+$(VENV)/.installed: $(BIN)/python pyproject.toml clients/python/pyproject.toml packaging/llama-wheel.sh packaging/llama-cpp/patch.py
+	whl=$$(packaging/llama-wheel.sh $(BIN)/python) && \
+	  $(BIN)/python -m pip install --quiet --no-deps --force-reinstall "$$whl"
 	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev,test,bench,train]'
 	touch $@
 

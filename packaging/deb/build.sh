@@ -8,11 +8,11 @@
 # Environment:
 #   PYTHON         builds the wheelhouse (default: .venv/bin/python, else python3)
 #   TARGET_PYTHON  the interpreter the package runs on (default: /usr/bin/python3)
-#   LLAMA_CMAKE_ARGS  when set, llama-cpp-python is compiled afresh with these
-#                  CMake flags instead of taken from pip's wheel cache: use it
-#                  for packages that leave the build host (see INTEGRATORS.md:
-#                  the cached wheel is built for the build host's CPU) and for
-#                  GPU builds, e.g. "-DGGML_CUDA=on".
+#   LLAMA_CMAKE_ARGS  CMake flags for llama-cpp-python (default: CMAKE_ARGS):
+#                  packaging/llama-wheel.sh builds it with them, cached per flag
+#                  set, compiler and CPU; use -DGGML_NATIVE=OFF for packages that
+#                  leave the build host (see INTEGRATORS.md: a native build
+#                  targets the build host's CPU) and e.g. "-DGGML_CUDA=on" for GPUs.
 #   DEB_COMPRESS   dpkg-deb compressor (default: zstd; xz is smaller, slower)
 set -euo pipefail
 
@@ -34,7 +34,6 @@ pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
 target_ver=$(pyver "$target_py")
 version=$("$py" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$repo/pyproject.toml")
 arch=$(dpkg --print-architecture)
-llama_req=$("$py" -c 'import sys, tomllib; print(next(d for d in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"] if d.startswith("llama-cpp-python")))' "$repo/pyproject.toml")
 
 work=$out/work
 stage=$work/root
@@ -43,16 +42,9 @@ rm -rf "$work"
 mkdir -p "$work/wheels" "$stage"
 
 echo "== wheels: slmd, slmd-client, llama-cpp-python"
-# llama-cpp-python is pure ctypes (a py3-none wheel), so $PYTHON's pip cache
-# can supply it for any target interpreter.
-if [ -n "${LLAMA_CMAKE_ARGS:-}" ]; then
-    # pip's wheel cache is keyed by the source URL, not by CMAKE_ARGS: a
-    # cached wheel would silently ignore the flags, so bypass the cache.
-    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$py" -m pip wheel "${pip_q[@]}" --no-deps --no-cache-dir \
-        --no-binary llama-cpp-python -w "$work/wheels" "$llama_req"
-else
-    "$py" -m pip wheel "${pip_q[@]}" --no-deps -w "$work/wheels" "$llama_req"
-fi
+# llama-cpp-python is pure ctypes (a py3-none wheel), so one built by $PYTHON
+# serves any target interpreter.
+cp "$(CMAKE_ARGS=${LLAMA_CMAKE_ARGS:-$CMAKE_ARGS} "$repo/packaging/llama-wheel.sh" "$py")" "$work/wheels/"
 "$py" -m pip wheel "${pip_q[@]}" --no-deps -w "$work/wheels" "$repo" "$repo/clients/python"
 
 echo "== environment in $prefix (Python $target_ver)"
