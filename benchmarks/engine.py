@@ -29,6 +29,7 @@ import llama_cpp as L
 from benchmarks.harness import print_table, prompts_of, write_results, RESULTS
 from slmd.models import DEFAULT_MODEL
 from slmd.paths import default_data_dir
+from slmd.runtime.llama import flash_attn_type
 from slmd.testing import start_daemon
 from slmd.tokenizer import Tokenizer
 from slmd_client import AsyncClient
@@ -45,6 +46,7 @@ class DirectLoop:
         cp.n_seq_max, cp.n_ctx, cp.n_batch, cp.n_ubatch = n_seq, n_seq * ctx_per_seq, n_batch, min(512, n_batch)
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = False
+        cp.flash_attn_type = flash_attn_type("auto", n_gpu_layers)  # as slmd's default
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.mem = L.llama_get_memory(self.ctx)

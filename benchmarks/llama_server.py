@@ -29,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmd.runtime import SPIN_ROUNDS
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 SDIST_VERSION = "0.3.36"  # keep equal to the llama-cpp-python pin in pyproject.toml
@@ -57,12 +59,20 @@ def _sdist() -> Path:
 
 
 def _llama_cpp_source() -> Path:
-    src = SDIST_CACHE / SDIST_NAME / "vendor" / "llama.cpp"
-    if not (src / "CMakeLists.txt").exists():
+    """llama.cpp's source from the sdist, with the fixes slmd's own build gets
+    (packaging/llama-cpp/patch.py: without them it crashes on CPUs with AMX)."""
+    root = SDIST_CACHE / SDIST_NAME
+    src = root / "vendor" / "llama.cpp"
+    patched = root / ".slmd-patched"
+    if not patched.exists():
+        shutil.rmtree(root, ignore_errors=True)
         SDIST_CACHE.mkdir(parents=True, exist_ok=True)
         with tarfile.open(_sdist()) as tf:
             members = [m for m in tf.getmembers() if m.name.startswith(f"{SDIST_NAME}/vendor/llama.cpp/")]
             tf.extractall(SDIST_CACHE, members=members, filter="data")
+        subprocess.run([sys.executable, str(ROOT / "packaging" / "llama-cpp" / "patch.py"), str(root)], check=True)
+        shutil.rmtree(SERVER_BUILD, ignore_errors=True)  # built from unpatched sources
+        patched.touch()
     return src
 
 
@@ -122,7 +132,9 @@ class LlamaServer:
         args = [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--parallel", str(self.parallel), "-c", str(self.parallel * self.ctx_per_slot),
                 "--threads", str(self.threads), "--threads-batch", str(self.threads), *self.extra_args]
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # as slmd sets it: no spinning on a shared machine
+        env = dict(os.environ)  # OpenMP's wait as slmd sets it (slmd/runtime/__init__.py)
+        if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+            env["GOMP_SPINCOUNT"] = SPIN_ROUNDS
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         try:

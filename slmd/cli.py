@@ -24,6 +24,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", dest="model.lora_path", help="apply this GGUF LoRA adapter over the model")
     p.add_argument("--n-gpu-layers", dest="model.n_gpu_layers", type=int, help="layers on the GPU (-1 = all)")
     p.add_argument("--threads", dest="model.n_threads", type=int, help="CPU threads (0 = all cores)")
+    p.add_argument("--flash-attn", dest="model.flash_attn", choices=["auto", "on", "off"],
+                   help="llama.cpp flash attention (auto: off on the CPU)")
     p.add_argument("--context", dest="model.context_per_sequence", type=int, help="tokens per request (prompt + output)")
     p.add_argument("--max-running", dest="engine.max_running", type=int, help="sequences decoded together")
     p.add_argument("--kv-pool-tokens", dest="engine.kv_pool_tokens", type=int,

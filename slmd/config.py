@@ -35,6 +35,13 @@ class ModelConfig(_Section):
     # threads for the host argmax over many greedy rows (64 x 49k logits per
     # GPU step); 0 = min(8, threads) on 4 or more threads, else 1
     argmax_threads: int = Field(0, ge=0, le=64)
+    # llama.cpp's flash attention. "auto": off on the CPU, where it halved
+    # decode speed at 800-token contexts (prefill 1.4x faster), llama.cpp's
+    # own choice on a GPU.
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    # compute with fewer CPU threads while other programs keep cores busy
+    # (slmd/runtime/threads.py); CPU only, and not with flash attention on
+    adapt_threads: bool = True
 
 
 class EngineConfig(_Section):

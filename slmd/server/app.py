@@ -77,6 +77,7 @@ def build(cfg: Config) -> Daemon:
         kv_unified=eng.kv_unified, kv_pool_tokens=eng.kv_pool_tokens, use_mmap=cfg.model.use_mmap,
         lora_path=cfg.model.lora_path, lora_scale=cfg.model.lora_scale,
         backend_sampling=cfg.model.backend_sampling, argmax_threads=cfg.model.argmax_threads,
+        flash_attn=cfg.model.flash_attn, adapt_threads=cfg.model.adapt_threads,
     )
     # the engine unloads the model under memory pressure or after keep_alive, and reloads it from here
     runtime = ModelSlot(lambda n: LlamaRuntime(replace(runtime_cfg, num_sequences=n or runtime_cfg.num_sequences)),
