@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _backend_ready = False
 _PARALLEL_ARGMAX_ROWS = 32  # below this one thread is quicker than handing out work
+_STATE_COPY_FRACTION = 8  # prefix copies of at most 1/8 of a stream's cells move as a state (copy_prefix)
 
 
 def _init_backend() -> None:
@@ -129,6 +130,7 @@ class LlamaRuntime:
         # n_outputs x n_vocab logits are never copied to host memory
         self._backend: dict[int, object] = {}
         self._retired: list[object] = []  # detached chains, freed after the next decode
+        self._pending_copies: list[tuple[int, int]] = []  # stream copies not yet run (the next decode runs them)
         self._lora = None
         if cfg.lora_path is not None:
             self._apply_lora(cfg.lora_path, cfg.lora_scale)
@@ -249,14 +251,25 @@ class LlamaRuntime:
         free_chain(self._chains.pop(seq_id, None))
 
     def copy_prefix(self, src_seq: int, dst_seq: int, num_tokens: int) -> None:
-        """Separate KV streams copy the whole source stream (llama.cpp supports
-        only full cross-stream copies; the buffer copy runs at the next decode),
-        then the tail is cut; a unified cache shares the cells without copying."""
+        """A unified cache shares the cells without copying. Separate KV
+        streams copy: llama.cpp copies only whole streams across streams (at
+        the next decode), 47 MB at 2048 tokens per stream, so a short source is
+        moved as its sequence state instead (its cells only, at once); then the
+        tail is cut. Measured (default model, 2048-token streams), copy plus
+        the next decode: 16 cells 14.1 ms as a stream, 6.6 as a state; 256
+        cells 14.6 vs 12.3; 800 cells 17.1 vs 28.2."""
         if self.cfg.is_unified:
             L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, 0, num_tokens)
+            return
+        cells = L.llama_memory_seq_pos_max(self.mem, src_seq) + 1
+        # (a state copy is immediate: it must not overtake a pending stream copy of either sequence)
+        if cells * _STATE_COPY_FRACTION <= self.cfg.context_per_sequence and \
+                not any(s in (src_seq, dst_seq) for pair in self._pending_copies for s in pair):
+            self.restore(dst_seq, self.save(src_seq))
         else:
             L.llama_memory_seq_cp(self.mem, src_seq, dst_seq, -1, -1)
-            self.truncate(dst_seq, num_tokens)
+            self._pending_copies.append((src_seq, dst_seq))
+        self.truncate(dst_seq, num_tokens)
 
     def truncate(self, seq_id: int, num_tokens: int) -> None:
         """Keep only the first `num_tokens` cells of a sequence."""
@@ -277,6 +290,7 @@ class LlamaRuntime:
         b.token[0], b.pos[0], b.seq[0], b.logits[0] = 0, 0, scratch_seq, 0
         b.struct.n_tokens = 1
         L.llama_decode(self.ctx, b.struct)
+        self._pending_copies.clear()
         L.llama_memory_seq_rm(self.mem, scratch_seq, -1, -1)
 
     @property
@@ -329,6 +343,7 @@ class LlamaRuntime:
                 continue
             b.struct.n_tokens = n
             rc = L.llama_decode(self.ctx, b.struct)
+            self._pending_copies.clear()  # (the decode ran them, whatever it returned)
             if rc == 2:  # interrupted: this group and the ones after it did not run
                 for g in batch.groups[gi:]:
                     for w in g:

@@ -41,7 +41,7 @@ from tests.reliability.conftest import free_port, record, start_with_config, sta
 pytestmark = [pytest.mark.e2e, pytest.mark.default_model]
 
 SAMPLES = int(os.environ.get("SLMD_ISOLATION_SAMPLES", "200"))
-DOC_TOKENS = int(os.environ.get("SLMD_ISOLATION_DOC_TOKENS", "24"))
+DOC_TOKENS = int(os.environ.get("SLMD_ISOLATION_DOC_TOKENS", "48"))  # long enough that a hit halves TTFT
 NOBODY = 65534
 TOKENS = {"tok-a": "app-a", "tok-b": "app-b"}
 
