@@ -218,6 +218,7 @@ class Metrics:
         self._apps_lock = threading.Lock()
         self._last_token_at: dict[str, float] = {}  # request id -> time of its last token (engine thread only)
         self._itl_child: dict[tuple, object] = {}  # (app, priority) -> the histogram's child (engine thread only)
+        self._per_step_child: dict[tuple, object] = {}  # (counter, app) -> child, for the per-step counters
         self._http = None
         self.is_model_loaded = False
         r, app_prio = self.registry, ["app", "priority"]
@@ -302,15 +303,23 @@ class Metrics:
                     itl.observe((now - prev) / num_tokens)
             self._last_token_at[req.request_id] = now
         for app, num in per_app.items():
-            self.generation_tokens.labels(app).inc(num)
+            self._app_child(self.generation_tokens, app).inc(num)
             self._totals(app).generated_tokens += num
 
     def on_scheduled(self, per_app: dict[str, int]) -> None:
         """Tokens one step computed, per app (engine thread)."""
         for app_id, num in per_app.items():
             app = self.label_app(app_id)
-            self.scheduled_tokens.labels(app).inc(num)
+            self._app_child(self.scheduled_tokens, app).inc(num)
             self._totals(app).scheduled_tokens += num
+
+    def _app_child(self, counter, app: str):
+        """`counter.labels(app)`, looked up once (labels() takes a lock and
+        builds a key: microseconds, every step)."""
+        child = self._per_step_child.get((id(counter), app))
+        if child is None:
+            child = self._per_step_child[id(counter), app] = counter.labels(app)
+        return child
 
     def on_request_finished(self, req: Request) -> None:
         """A request left the engine (engine thread). Latencies and prompt

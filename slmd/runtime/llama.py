@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _backend_ready = False
 _PARALLEL_ARGMAX_ROWS = 32  # below this one thread is quicker than handing out work
+_SMALL_GROUP = 8  # a decode group of at most this many one-token works is filled item by item
 _STATE_COPY_FRACTION = 8  # prefix copies of at most 1/8 of a stream's cells move as a state (copy_prefix)
 
 
@@ -130,6 +131,8 @@ class LlamaRuntime:
         # n_outputs x n_vocab logits are never copied to host memory
         self._backend: dict[int, object] = {}
         self._retired: list[object] = []  # detached chains, freed after the next decode
+        self._logits_view: np.ndarray | None = None  # over llama.cpp's logits buffer (_logits)
+        self._logits_addr = 0
         self._pending_copies: list[tuple[int, int]] = []  # stream copies not yet run (the next decode runs them)
         self._lora = None
         if cfg.lora_path is not None:
@@ -379,9 +382,21 @@ class LlamaRuntime:
     def _fill(self, group) -> tuple[int, list[tuple[int, int]]]:
         """Write one group into the batch arrays with a few whole-array numpy
         operations (a per-sequence loop of slice assignments costs more than
-        the decode of a small model at dozens of sequences). Returns the
-        number of tokens and (seq_id, batch index) of each token to sample."""
+        the decode of a small model at dozens of sequences); a few one-token
+        works go through plain item writes instead. Returns the number of
+        tokens and (seq_id, batch index) of each token to sample."""
         b = self._batch
+        if len(group) <= _SMALL_GROUP and all(len(w.token_ids) == 1 for w in group):
+            # Right after a decode has streamed the weights through the caches,
+            # the ten numpy calls below cost ~85 us at one sequence (10 hot).
+            tok, pos, seq, logits = b.views
+            sample_at = []
+            for i, w in enumerate(group):
+                tok[i], pos[i], seq[i] = w.token_ids[0], w.start_pos, w.seq_id
+                logits[i] = w.sample
+                if w.sample:
+                    sample_at.append((w.seq_id, i))
+            return len(group), sample_at
         toks: list[int] = []
         lens, starts, seqs, samples = [], [], [], []
         for w in group:
@@ -425,11 +440,22 @@ class LlamaRuntime:
                 host.append((row, seq_id))
         if not host:
             return
-        rows = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(sample_at), self.n_vocab))
+        rows = self._logits(len(sample_at))
         if len(host) < len(sample_at):  # (else host[i] is row i)
             rows = rows[[r for r, _ in host]]
         for (_, seq_id), tok in zip(host, self._argmax(rows)):
             sampled[seq_id] = tok
+
+    def _logits(self, num_rows: int) -> np.ndarray:
+        """The context's output logits as a (num_rows, n_vocab) array; the
+        view is made again only when llama.cpp moved its buffer or it grew."""
+        ptr = L.llama_get_logits(self.ctx)
+        addr = ctypes.cast(ptr, ctypes.c_void_p).value
+        view = self._logits_view
+        if view is None or addr != self._logits_addr or len(view) < num_rows:
+            view = np.ctypeslib.as_array(ptr, shape=(num_rows, self.n_vocab))
+            self._logits_view, self._logits_addr = view, addr
+        return view[:num_rows]
 
     def _argmax(self, rows: np.ndarray) -> list[int]:
         """Row-wise argmax; many rows are split over threads (numpy releases

@@ -48,6 +48,8 @@ class BatchBuffers:
         self.n_seq_id = np.ones(capacity, dtype=np.int32)
         self.seq = np.zeros(capacity, dtype=np.int32)
         self.logits = np.zeros(capacity, dtype=np.int8)
+        # item writes through memoryviews skip numpy's per-call machinery (small steps)
+        self.views = (memoryview(self.token), memoryview(self.pos), memoryview(self.seq), memoryview(self.logits))
         base = self.seq.ctypes.data
         ptr_t = ctypes.POINTER(L.llama_seq_id)
         self._seq_ptrs = (ptr_t * capacity)(*[ctypes.cast(base + 4 * i, ptr_t) for i in range(capacity)])

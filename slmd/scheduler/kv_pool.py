@@ -122,6 +122,8 @@ class KVRoom:
     def _free_cells(self, num: int, ops: list[O.Op], keep: Request) -> bool:
         """Evict cache holders, then release paused requests' KV (not `keep`'s),
         until `num` cells are free."""
+        if self.pool.fits(num):  # (always, without a pool: this runs for every request every step)
+            return True
         while not self.pool.fits(num) and (seq := self._evict_cache_holder(ops)) is not None:
             self._free_hold.append(seq)
         paused = sorted((r for r in self.waiting if r.seq_id is not None and r is not keep), key=victim_order)

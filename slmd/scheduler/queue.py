@@ -13,6 +13,8 @@ from typing import Callable, Iterator
 
 from slmd.request import Priority, Request
 
+_HIGHEST_FIRST = tuple(sorted(Priority, reverse=True))
+
 
 class WaitQueue:
     def __init__(self, weight_of: Callable[[str], float] = lambda app: 1.0,
@@ -93,7 +95,9 @@ class WaitQueue:
         return True
 
     def __iter__(self) -> Iterator[Request]:
-        for p in sorted(Priority, reverse=True):
+        if not self._num:
+            return
+        for p in _HIGHEST_FIRST:
             for fifo in list(self._apps[p].values()):
                 yield from list(fifo)
 

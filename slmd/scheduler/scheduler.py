@@ -89,6 +89,7 @@ class Scheduler(KVRoom, PressureOps):
         self._started: set[str] = set()  # requests started in the current schedule()
         self._finished: list[Request] = []
         self._by_id: dict[str, Request] = {}
+        self._with_deadline: dict[str, Request] = {}  # (expired() looks at these only, every step)
         self._active_per_app: dict[str, int] = {}
         self._last_interactive = float("-inf")
         self._yield_left: int | None = None  # lower-class prefill tokens left this step; None = no cap
@@ -108,6 +109,8 @@ class Scheduler(KVRoom, PressureOps):
                                f"deadline ({max(0.0, req.deadline - time.monotonic()):.2f}s left)", retry_after=eta)
         req.namespace = req.namespace or self.cache.namespace_for(req.app_id)
         self._by_id[req.request_id] = req
+        if req.deadline is not None:
+            self._with_deadline[req.request_id] = req
         self._active_per_app[req.app_id] = self._active_per_app.get(req.app_id, 0) + 1
         if req.priority >= Priority.INTERACTIVE:
             self._last_interactive = time.monotonic()
@@ -141,6 +144,7 @@ class Scheduler(KVRoom, PressureOps):
         ops: list[O.Op] = []
         for req in done:
             self._by_id.pop(req.request_id, None)
+            self._with_deadline.pop(req.request_id, None)
             self._active_per_app[req.app_id] -= 1
             self.meter.add(req.app_id, req.num_computed_tokens - req.num_cached_tokens)
             req.saved_state = None
@@ -172,7 +176,7 @@ class Scheduler(KVRoom, PressureOps):
 
     def expired(self, now: float) -> list[Request]:
         """Waiting or running requests whose deadline has passed."""
-        return [r for r in (*self.waiting, *self.running) if r.deadline is not None and now >= r.deadline]
+        return [r for r in self._with_deadline.values() if not r.is_finished and now >= r.deadline]
 
     @property
     def has_work(self) -> bool:

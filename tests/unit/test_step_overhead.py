@@ -45,12 +45,17 @@ def test_vectorized_fill_equals_the_loop():
         (SeqWork(3, list(range(20)), 7, True), SeqWork(0, [5], 40, True), SeqWork(9, list(range(12)), 0, False),
          SeqWork(2, [8, 9], 11, True)),  # chunked prefill among decodes
         (SeqWork(1, [4, 5, 6], 0, False),),
+        # a few one-token works: the item-by-item path
+        (SeqWork(5, [77], 12, True),),
+        (SeqWork(2, [7], 3, True), SeqWork(0, [8], 900, False), SeqWork(6, [9], 0, True)),
     ]
     for group in groups:
         h = _Holder()
+        h._batch.logits[:] = 1  # stale flags from an earlier step must not survive
         expect = _loop_fill(h._batch, group)
         want = [a.copy() for a in (h._batch.token, h._batch.pos, h._batch.seq, h._batch.logits)]
         h2 = _Holder()
+        h2._batch.logits[:] = 1
         got = LlamaRuntime._fill(h2, group)
         assert got == expect
         n = got[0]
