@@ -41,9 +41,9 @@ def make_engine(model, *, streams: int, running: int, budget: int = 128, cache: 
 _n = iter(range(10**9))
 
 
-def req(ids, *, app="a", prio=Priority.NORMAL, max_tokens=24, det=True, deadline=None) -> Request:
-    return Request(f"r{next(_n)}", list(ids), SamplingParams(max_tokens=max_tokens), app_id=app, priority=prio,
-                   deterministic=det, deadline=deadline)
+def req(ids, *, app="a", prio=Priority.NORMAL, max_tokens=24, det=True, deadline=None, ignore_eos=False) -> Request:
+    return Request(f"r{next(_n)}", list(ids), SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos),
+                   app_id=app, priority=prio, deterministic=det, deadline=deadline)
 
 
 def doc_prompt(prompter, question: str, doc: str = DOC) -> list[int]:
@@ -104,11 +104,14 @@ async def test_preemption_keeps_greedy_output_identical(default_model, prompter,
     try:
         bg_ids = prompter.encode_chat([{"role": "user", "content": CHAT_PROMPTS[4]}])
         ui_ids = prompter.encode_chat([{"role": "user", "content": CHAT_PROMPTS[6]}])
-        solo_bg, _ = await collect(eng, req(bg_ids, app="bg", max_tokens=64))
+        solo_bg, _ = await collect(eng, req(bg_ids, app="bg", max_tokens=256, ignore_eos=True))
         solo_ui, _ = await collect(eng, req(ui_ids, app="ui", max_tokens=16))
         eng.scheduler.cache.cfg = CacheConfig(enabled=False)  # cold runs from here on, to exercise preemption only
-        bg_task = asyncio.create_task(collect(eng, req(bg_ids, app="bg", prio=Priority.BACKGROUND, max_tokens=64)))
-        await asyncio.sleep(0.5)
+        decoded = eng.stats.generation_tokens_total
+        bg_task = asyncio.create_task(collect(eng, req(bg_ids, app="bg", prio=Priority.BACKGROUND, max_tokens=256,
+                                                       ignore_eos=True)))
+        while eng.stats.generation_tokens_total < decoded + 8:  # the background request is decoding
+            await asyncio.sleep(0.005)
         ui, ui_last = await collect(eng, req(ui_ids, app="ui", prio=Priority.INTERACTIVE, max_tokens=16))
         bg, bg_last = await bg_task
         assert eng.scheduler.num_preemptions >= 1
