@@ -25,7 +25,7 @@ class EvictionPolicy(enum.Enum):
 @dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = True
-    min_tokens: int = 16  # shorter sequences are not worth a holder
+    min_tokens: int = 16  # shorter sequences are not worth a holder, shorter hits not worth a copy
     host_bytes: int = 512 << 20  # host-memory tier budget; 0 = off
     policy: EvictionPolicy = EvictionPolicy.LRU
     sharing_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> app ids
@@ -98,7 +98,7 @@ class PrefixCache:
             return None
         m, ns = best
         n = min(m.num_tokens, max_tokens)
-        if n <= 0:
+        if n < self.cfg.min_tokens:  # as short as a sequence not worth keeping: not worth a copy either
             return None
         tree = self._trees[ns]
         tree.lock(m.source)
