@@ -169,7 +169,7 @@ def main() -> None:
         "Throughput: generated tokens / wall time from the first request to the last token (the per-app processes "
         "had loaded their model before; the daemon was up).",
         f"Per-app processes: llama-cpp-python low-level API, weights memory-mapped, one context of 1 sequence x "
-        f"2048 tokens, {max(1, args.threads // n)} thread each ({n} processes share {args.threads} cores). 'Own copy' "
+        f"2048 tokens, flash attention off as slmd has it on the CPU, {max(1, args.threads // n)} thread each ({n} processes share {args.threads} cores). 'Own copy' "
         f"copies the GGUF to {n} distinct files first: the page cache shares nothing between them, as apps that "
         "ship their own model in their own package or sandbox; 'shared file' maps one file, so the weights are in "
         "memory once (the best case for per-app). Each process also carries its own Python interpreter and "

@@ -103,6 +103,7 @@ if hasattr(L, "LLAMA_LOAD_MODE_MMAP"):
 model = L.llama_model_load_from_file(model_path.encode(), mp)
 cp = L.llama_context_default_params()
 cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch, cp.n_seq_max = n_ctx, 512, threads, threads, 1
+cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as slmd runs on the CPU (model.flash_attn auto)
 ctx = L.llama_init_from_model(model, cp)
 assert model and ctx, "load failed"
 mem = L.llama_get_memory(ctx)
