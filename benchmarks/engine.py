@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -140,6 +141,8 @@ def main() -> None:
     direct = DirectLoop(args.model, n_max, 2048, args.step_tokens, threads, args.n_gpu_layers)
     direct_res: dict[int, tuple[float, float]] = {}
     slmd_res: dict[int, tuple[float, float, int]] = {}
+    paired: dict[int, list[tuple[float, float]]] = {}  # per round: (prefill ratio, decode ratio)
+    printed: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = start_daemon(Path(tmp), args.model, "--max-running", str(n_max), "--context", "2048",
                          "--step-tokens", str(args.step_tokens), "--threads", str(threads),
@@ -152,8 +155,11 @@ def main() -> None:
                     dp, dd = direct.run(ps, args.decode_tokens)
                     sp, sd, k = asyncio.run(slmd_run(d.target, prompts_of(tok, n, args.prompt_tokens,
                                                                           tag=f"s{n}r{r}-"), args.decode_tokens))
-                    print(f"N={n} round {r}: direct prefill {dp:.1f} decode {dd:.1f} tok/s; "
-                          f"slmd prefill {sp:.1f} decode {sd:.1f} tok/s", flush=True)
+                    line = (f"N={n} round {r}: direct prefill {dp:.1f} decode {dd:.1f} tok/s; "
+                            f"slmd prefill {sp:.1f} decode {sd:.1f} tok/s")
+                    print(line, flush=True)
+                    printed.append(line)
+                    paired.setdefault(n, []).append((sp / dp, sd / dd))
                     odp, odd = direct_res.get(n, (0.0, 0.0))
                     direct_res[n] = (max(odp, dp), max(odd, dd))
                     osp, osd, _ = slmd_res.get(n, (0.0, 0.0, 0))
@@ -162,20 +168,24 @@ def main() -> None:
             d.stop()
             direct.close()
 
-    header = ["N", "direct prefill tok/s", "slmd prefill tok/s", "prefill ratio",
-              "direct decode tok/s", "slmd decode tok/s", "decode ratio"]
+    header = ["N", "direct prefill tok/s", "slmd prefill tok/s", "prefill ratio", "prefill ratio, paired median",
+              "direct decode tok/s", "slmd decode tok/s", "decode ratio", "decode ratio, paired median"]
     rows = []
     for n in ns:
         (dp, dd), (sp, sd, _) = direct_res[n], slmd_res[n]
-        rows.append([n, dp, sp, sp / dp, dd, sd, sd / dd])
+        rows.append([n, dp, sp, sp / dp, statistics.median(p for p, _ in paired[n]),
+                     dd, sd, sd / dd, statistics.median(d for _, d in paired[n])])
     print()
     print_table(header, rows)
     path = write_results(args.name, "slmd vs a direct llama.cpp loop", header, rows, [
         f"Model: {args.model.name}; prompts of about {args.prompt_tokens} tokens, distinct per request; "
         f"{args.decode_tokens} decoded tokens per request (greedy, ignore_eos); step budget {args.step_tokens}; "
         f"{threads} threads; n_gpu_layers {args.n_gpu_layers}. Direct loop and daemon loaded side by side; at each N "
-        f"{args.rounds} alternating rounds, best of each.",
+        f"{args.rounds} alternating rounds. 'ratio': best slmd round over best direct round; 'paired median': the "
+        "median over rounds of slmd's round over the direct round just before it (one slow or fast outlier round on "
+        "either side moves it less).",
         "Targets: slmd >= 0.95x the direct loop at N = 1, >= 0.9x at every other N.",
+        "", "Rounds (as printed):", "", *(f"- {line}" for line in printed),
     ])
     _plot(ns, direct_res, slmd_res, RESULTS / f"{args.name}.png")
     print(f"\nwrote {path} and {path.with_suffix('.png')}")
