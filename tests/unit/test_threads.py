@@ -39,6 +39,16 @@ def governor(m: Machine, max_threads: int = 4, **kw) -> ThreadGovernor:
                           run_delay=lambda tid: m.delay, thread_id=lambda: 1)
 
 
+def down_to_one_thread() -> tuple[Machine, ThreadGovernor]:
+    """Two threads, then a busy neighbour: one window later, one thread."""
+    m = Machine()
+    gov = governor(m, max_threads=2)
+    m.waiting = 0.45
+    m.run(gov, 0.6)
+    assert gov.threads == 1
+    return m, gov
+
+
 def test_free_cores_keep_every_thread():
     m = Machine()
     m.waiting = 0.04  # the daemon's own event loop, measured: 3-4%
@@ -57,11 +67,7 @@ def test_contention_takes_threads_away_one_window_at_a_time():
 
 
 def test_a_failed_try_doubles_the_wait_before_the_next():
-    m = Machine()
-    gov = governor(m, max_threads=2)
-    m.waiting = 0.45
-    m.run(gov, 0.6)
-    assert gov.threads == 1
+    m, gov = down_to_one_thread()
     tries = []
     for _ in range(20_000):  # 200 s; contention whenever two threads compute
         m.waiting = 0.45 if gov.threads == 2 else 0.02
@@ -73,21 +79,14 @@ def test_a_failed_try_doubles_the_wait_before_the_next():
 
 
 def test_threads_come_back_when_the_cores_are_free():
-    m = Machine()
-    gov = governor(m, max_threads=2)
-    m.waiting = 0.45
-    m.run(gov, 0.6)
-    assert gov.threads == 1
+    m, gov = down_to_one_thread()
     m.waiting = 0.02
     assert m.run(gov, 6) == [2]
     assert m.run(gov, 30) == []
 
 
 def test_idle_stretches_say_nothing():
-    m = Machine()
-    gov = governor(m, max_threads=2)
-    m.waiting = 0.45
-    m.run(gov, 0.6)
+    m, gov = down_to_one_thread()
     m.waiting = 0.0
     for _ in range(50):  # a decode now and then (mostly idle): windows do not count, no try
         m.now += 1.0
@@ -96,10 +95,7 @@ def test_idle_stretches_say_nothing():
 
 
 def test_middling_wait_neither_adds_nor_removes():
-    m = Machine()
-    gov = governor(m, max_threads=2)
-    m.waiting = 0.45
-    m.run(gov, 0.6)
+    m, gov = down_to_one_thread()
     m.waiting = 0.10  # between low and high
     assert m.run(gov, 60) == []
 
