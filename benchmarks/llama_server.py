@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmd.runtime import SPIN_ROUNDS
+import slmd.runtime  # noqa: F401  (OpenMP's wait for this process and the llama-server it starts, as the daemon's)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -132,9 +132,7 @@ class LlamaServer:
         args = [str(self.binary), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--parallel", str(self.parallel), "-c", str(self.parallel * self.ctx_per_slot),
                 "--threads", str(self.threads), "--threads-batch", str(self.threads), *self.extra_args]
-        env = dict(os.environ)  # OpenMP's wait as slmd sets it (slmd/runtime/__init__.py)
-        if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-            env["GOMP_SPINCOUNT"] = SPIN_ROUNDS
+        env = dict(os.environ)  # (with OpenMP's wait as importing slmd.runtime set it)
         self._log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         try:

@@ -217,8 +217,7 @@ class Metrics:
         self._apps: dict[str, AppTotals] = {}
         self._apps_lock = threading.Lock()
         self._last_token_at: dict[str, float] = {}  # request id -> time of its last token (engine thread only)
-        self._itl_child: dict[tuple, object] = {}  # (app, priority) -> the histogram's child (engine thread only)
-        self._per_step_child: dict[tuple, object] = {}  # (counter, app) -> child, for the per-step counters
+        self._children: dict[tuple, object] = {}  # (metric, *labels) -> child, for per-step metrics (engine thread)
         self._http = None
         self.is_model_loaded = False
         r, app_prio = self.registry, ["app", "priority"]
@@ -296,29 +295,28 @@ class Metrics:
             per_app[app] = per_app.get(app, 0) + num_tokens
             prev = self._last_token_at.get(req.request_id)
             if prev is not None:
-                itl = self._itl_child.get((app, req.priority))
-                if itl is None:
-                    itl = self._itl_child[app, req.priority] = self.itl.labels(app, PRIORITIES[req.priority])
+                itl = self._child(self.itl, app, PRIORITIES[req.priority])
                 for _ in range(num_tokens):  # a multi-token delivery: its gap shared out evenly
                     itl.observe((now - prev) / num_tokens)
             self._last_token_at[req.request_id] = now
         for app, num in per_app.items():
-            self._app_child(self.generation_tokens, app).inc(num)
+            self._child(self.generation_tokens, app).inc(num)
             self._totals(app).generated_tokens += num
 
     def on_scheduled(self, per_app: dict[str, int]) -> None:
         """Tokens one step computed, per app (engine thread)."""
         for app_id, num in per_app.items():
             app = self.label_app(app_id)
-            self._app_child(self.scheduled_tokens, app).inc(num)
+            self._child(self.scheduled_tokens, app).inc(num)
             self._totals(app).scheduled_tokens += num
 
-    def _app_child(self, counter, app: str):
-        """`counter.labels(app)`, looked up once (labels() takes a lock and
-        builds a key: microseconds, every step)."""
-        child = self._per_step_child.get((id(counter), app))
+    def _child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, looked up once (labels() takes a lock and
+        builds a key: microseconds, times every request of every step)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._per_step_child[id(counter), app] = counter.labels(app)
+            child = self._children[key] = metric.labels(*labels)
         return child
 
     def on_request_finished(self, req: Request) -> None:
